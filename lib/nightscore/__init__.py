@@ -1,0 +1,1 @@
+"""nightscore: nightly credit scoring and suitable product recommendation on Ray."""

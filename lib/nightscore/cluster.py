@@ -1,0 +1,24 @@
+"""Connecting to Ray: join the cluster a job was submitted to, or start one on this machine."""
+from __future__ import annotations
+
+import os
+
+from .config import RaySpec
+
+
+def init_ray(spec: RaySpec) -> None:
+    """`ray job submit` sets RAY_ADDRESS, so the job joins that cluster; plain `python jobs/…`
+    starts a local one with `ray.num_cpus` logical CPUs (above the core count is fine: it
+    leaves Ray Data room beside the training workers)."""
+    import ray
+    import ray.data
+
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    if spec.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=spec.address, runtime_env=env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=spec.num_cpus, runtime_env=env, include_dashboard=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True

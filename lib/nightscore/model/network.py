@@ -1,0 +1,64 @@
+"""Backbone + two heads: a default-probability logit and product-propensity logits.
+
+Either head may be absent when the data set has only that one label. Encoders are
+mean- or CLS-pooled; decoder backbones are pooled on the last real token.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+
+
+class CreditModel(nn.Module):
+    def __init__(self, backbone: PreTrainedModel, pooling: str, n_products: int, default_head: bool):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        hidden = backbone.config.hidden_size
+        self.default_head = nn.Linear(hidden, 1) if default_head else None
+        self.product_head = nn.Linear(hidden, n_products) if n_products else None
+
+    @classmethod
+    def build(cls, backbone_dir: str, pooling: str, n_products: int, default_head: bool,
+              pretrained: bool = True) -> "CreditModel":
+        """From a local HF directory (safetensors only, never remote code)."""
+        if pretrained:
+            backbone = AutoModel.from_pretrained(backbone_dir, trust_remote_code=False, use_safetensors=True)
+        else:
+            backbone = AutoModel.from_config(AutoConfig.from_pretrained(backbone_dir, trust_remote_code=False))
+        return cls(backbone, pooling, n_products, default_head)
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if self.pooling == "last":
+            last = mask.sum(dim=1).clamp(min=1) - 1  # right padding: last real token
+            return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                inputs_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if inputs_embeds is not None:
+            out = self.backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        else:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        pooled = self.pool(out.last_hidden_state, attention_mask)
+        result: dict[str, torch.Tensor] = {}
+        if self.default_head is not None:
+            result["default_logit"] = self.default_head(pooled).squeeze(-1)
+        if self.product_head is not None:
+            result["product_logits"] = self.product_head(pooled)
+        return result
+
+
+def pad_batch(ids: list[np.ndarray] | np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic padding: pad a batch of token-id arrays to its own longest row (right padding)."""
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    width = int(lengths.max()) if len(lengths) else 1
+    out = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    out[mask] = np.concatenate(list(ids)) if len(ids) else []
+    return torch.from_numpy(out), torch.from_numpy(mask.astype(np.int64))

@@ -1,0 +1,43 @@
+"""The feature schema read from config: which columns exist and what Arrow type each has."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+from .config import FeatureSpec, SchemaSpec
+
+
+def feature_type(f: FeatureSpec) -> pa.DataType:
+    """The Arrow type a feature column is cast to for validation and serialisation."""
+    if f.kind == "numeric":
+        return pa.int64() if f.integer else pa.float64()
+    if f.kind == "boolean":
+        return pa.bool_()
+    if f.kind == "list":
+        return pa.list_(pa.string())
+    return pa.string()
+
+
+def required_columns(schema: SchemaSpec, with_labels: bool = False) -> dict[str, pa.DataType]:
+    """Columns every snapshot must have, with the type each must cast to."""
+    cols: dict[str, pa.DataType] = {schema.id: pa.string()}
+    if schema.date:
+        cols[schema.date] = pa.date32()
+    for f in schema.features:
+        cols[f.name] = feature_type(f)
+    if with_labels:
+        cols.update(label_columns(schema))
+    return cols
+
+
+def label_columns(schema: SchemaSpec) -> dict[str, pa.DataType]:
+    cols: dict[str, pa.DataType] = {}
+    if schema.labels.default:
+        cols[schema.labels.default] = pa.bool_()
+    if schema.labels.products:
+        cols[schema.labels.products] = pa.list_(pa.string())
+    return cols
+
+
+def model_features(schema: SchemaSpec) -> list[FeatureSpec]:
+    """Features that enter model text, in the configured (stable) order."""
+    return [f for f in schema.features if f.in_model]

@@ -1,0 +1,65 @@
+"""Labelled snapshots -> tokenised training rows, with the same validation and text as scoring."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..config import Config
+from ..model.tokens import tokenize, tokenizer_for
+from ..serialize import serialize
+from ..validate import conform, split
+
+PATH_COLUMN = "path"  # added by ray.data.read_parquet(include_paths=True)
+
+
+def in_validation(ids: pa.Array | pa.ChunkedArray, fraction: float) -> np.ndarray:
+    """Stable split by customer_id hash: the same customer lands on the same side every run."""
+    values = np.asarray(pc.cast(ids, pa.string()).to_pylist(), dtype=object)
+    h = pd.util.hash_array(values, categorize=False)
+    return (h % 10_000) < int(round(fraction * 10_000))
+
+
+def multi_hot(lists: pa.ChunkedArray | pa.Array, product_ids: list[str]) -> np.ndarray:
+    """list<string> of product ids -> (rows, products) 0/1 matrix; unknown ids are ignored."""
+    lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+    out = np.zeros((len(lists), len(product_ids)), dtype=np.float32)
+    flat = pc.list_flatten(lists)
+    rows = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    cols = pc.fill_null(pc.index_in(flat, value_set=pa.array(product_ids, pa.string())), -1)
+    cols = cols.to_numpy(zero_copy_only=False)
+    known = cols >= 0
+    out[rows[known], cols[known]] = 1.0
+    return out
+
+
+def encode(table: pa.Table, cfg: Config, tokenizer, product_ids: list[str]) -> pa.Table:
+    """Valid labelled rows -> input_ids + label columns used by the training loop."""
+    labels = cfg.schema.labels
+    cols: dict[str, pa.Array] = {
+        "input_ids": tokenize(serialize(table, cfg.schema, cfg.serialize), tokenizer, cfg.model.max_length),
+    }
+    if labels.default:
+        y = table.column(labels.default)
+        cols["has_default"] = pc.is_valid(y).combine_chunks() if isinstance(y, pa.ChunkedArray) else pc.is_valid(y)
+        cols["y_default"] = pa.array(pc.fill_null(pc.cast(y, pa.float32()), 0.0).to_numpy(zero_copy_only=False))
+    if labels.products:
+        hot = multi_hot(pc.fill_null(table.column(labels.products), pa.scalar([], pa.list_(pa.string()))), product_ids)
+        cols["y_products"] = pa.FixedSizeListArray.from_arrays(pa.array(hot.reshape(-1)), len(product_ids))
+    return pa.table(cols)
+
+
+def prepare_batch(batch: pa.Table, cfg: Config, tokenizer_dir: str, product_ids: list[str],
+                  duplicate_ids: pa.Array, split_valid: bool) -> pa.Table:
+    """One Ray Data batch: validate (invalid rows dropped, counted by the caller), encode.
+
+    Adds `is_valid_split` when the validation split is taken from the same data.
+    """
+    source = ",".join(sorted(set(batch.column(PATH_COLUMN).to_pylist()))) if PATH_COLUMN in batch.column_names else "input"
+    table = conform(batch, cfg.schema, source, with_labels=True)
+    valid = split(table, cfg.schema, None, duplicate_ids).valid
+    out = encode(valid, cfg, tokenizer_for(tokenizer_dir), product_ids)
+    if split_valid:
+        out = out.append_column("is_valid_split", pa.array(in_validation(valid.column(cfg.schema.id), cfg.train.valid_fraction)))
+    return out

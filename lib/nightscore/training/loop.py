@@ -1,0 +1,238 @@
+"""The per-worker training function run by Ray Train's TorchTrainer.
+
+Read top to bottom: build the model, `deepspeed.initialize`, resume if Ray hands us a
+checkpoint, then per epoch: train on this worker's shard, evaluate on the validation
+shard (gathered across ranks), fit calibration, save a checkpoint (every rank its ZeRO
+shards, rank 0 also the consolidated weights) and `ray.train.report` on every rank.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import metrics as M
+from ..config import Config
+from ..model import calibration
+from ..model.network import CreditModel, pad_batch
+from ..model.store import resolve_backbone
+from .ds_config import deepspeed_config
+
+EXPORT_DIR = "export"
+STATE_FILE = "train_state.json"
+DS_TAG = "ds"
+
+
+def build_model(cfg: Config, n_products: int) -> CreditModel:
+    """Backbone + heads, with LoRA adapters on the backbone when configured."""
+    labels = cfg.schema.labels
+    model = CreditModel.build(resolve_backbone(cfg.model.backbone, cfg.storage.s3), cfg.model.pooling,
+                              n_products if labels.products else 0, labels.default is not None)
+    if cfg.train.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = cfg.train.lora
+        model.backbone = get_peft_model(model.backbone, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules))
+    return model
+
+
+def plain_state_dict(model: CreditModel, cfg: Config, n_products: int) -> dict[str, torch.Tensor]:
+    """Full-precision weights in the base (non-LoRA) layout: adapters merged into the backbone."""
+    sd = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    if cfg.train.finetune != "lora":
+        return sd
+    copy = build_model(cfg, n_products)
+    copy.load_state_dict(sd)
+    copy.backbone = copy.backbone.merge_and_unload()
+    return {k: v.detach().float().clone() for k, v in copy.state_dict().items()}
+
+
+def consolidated_state_dict(engine, cfg: Config, n_products: int, rank: int) -> dict[str, torch.Tensor] | None:
+    """Gather ZeRO-3 partitions (all ranks must call this); rank 0 gets the full weights."""
+    import deepspeed
+
+    model = engine.module
+    if cfg.train.zero_stage == 3:
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            return plain_state_dict(model, cfg, n_products) if rank == 0 else None
+    return plain_state_dict(model, cfg, n_products) if rank == 0 else None
+
+
+def _collate(pad_id: int):
+    def collate(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_batch(batch["input_ids"], pad_id)
+        out = {"input_ids": ids, "attention_mask": mask}
+        for key in ("y_default", "has_default"):
+            if key in batch:
+                out[key] = torch.as_tensor(batch[key])
+        if "y_products" in batch:
+            out["y_products"] = torch.as_tensor(np.stack(batch["y_products"]))
+        return out
+    return collate
+
+
+def _loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    loss = torch.zeros((), device=next(iter(out.values())).device)
+    if "default_logit" in out:
+        w = batch["has_default"].float()  # rows without a default label train the product head only
+        per_row = bce(out["default_logit"].float(), batch["y_default"].float(), reduction="none")
+        loss = loss + cfg.train.default_loss_weight * (per_row * w).sum() / w.sum().clamp(min=1.0)
+    if "product_logits" in out:
+        loss = loss + cfg.train.product_loss_weight * bce(out["product_logits"].float(), batch["y_products"].float())
+    return loss
+
+
+def _evaluate(engine, shard, collate, device, batch_size: int) -> dict[str, np.ndarray]:
+    """Predictions on this rank's validation shard, then all-gathered so every rank sees all."""
+    import torch.distributed as dist
+
+    engine.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for batch in shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate):
+            out = engine(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            if "default_logit" in out:
+                parts.setdefault("logit", []).append(out["default_logit"].float().cpu().numpy())
+                parts.setdefault("y", []).append(batch["y_default"].numpy())
+                parts.setdefault("has", []).append(batch["has_default"].numpy())
+            if "product_logits" in out:
+                parts.setdefault("prop", []).append(torch.sigmoid(out["product_logits"].float()).cpu().numpy())
+                parts.setdefault("rel", []).append(batch["y_products"].numpy())
+    engine.train()
+    local = {k: np.concatenate(v) for k, v in parts.items()}
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    return {k: np.concatenate([g[k] for g in gathered if k in g]) for k in local}
+
+
+def epoch_metrics(preds: dict[str, np.ndarray], cfg: Config) -> tuple[dict[str, float], dict | None]:
+    """Validation metrics; default metrics on calibrated PDs, plus the fitted calibration."""
+    out: dict[str, float] = {}
+    calib = None
+    if "logit" in preds:
+        has = preds["has"].astype(bool)
+        logit, y = preds["logit"][has], preds["y"][has]
+        calib = calibration.fit(cfg.train.calibration, logit, y)
+        out.update(M.default_metrics(y, calibration.apply(calib, logit)))
+    if "prop" in preds:
+        out.update(M.product_metrics(preds["rel"], preds["prop"], cfg.products.top_k))
+    return out, calib
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    cfg = Config.model_validate(loop_config["config"])
+    t = cfg.train
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if t.use_gpu else "cpu")
+    import deepspeed  # after DS_ACCELERATOR: a CPU worker must not probe for GPUs
+    import ray.train
+    import torch.distributed as dist
+
+    torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(t.seed)
+    n_products = len(loop_config["product_ids"])
+
+    model = build_model(cfg, n_products)
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+    body_params = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": body_params, "lr": t.lr}, {"params": head_params, "lr": t.head_lr}],
+                                  weight_decay=t.weight_decay)
+    steps_per_epoch = max(1, math.ceil(loop_config["train_rows"] / (world * t.micro_batch * t.grad_accum)))
+    total = steps_per_epoch * t.epochs
+    warmup = max(1, int(t.warmup_fraction * total))
+
+    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 10 %
+        return min((step + 1) / warmup, max(0.1, 1 - (step - warmup) / max(1, total - warmup)))
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=deepspeed_config(t, world),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+    )
+
+    state = {"epoch": 0, "best": None, "bad_epochs": 0, "resumed_at_epoch": None}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            engine.load_checkpoint(d, tag=DS_TAG)
+            state = json.loads((Path(d) / STATE_FILE).read_text())
+        state["resumed_at_epoch"] = state["epoch"] + 1
+        if rank == 0:
+            print(f"[train] resumed from checkpoint after epoch {state['epoch']}", flush=True)
+
+    collate = _collate(loop_config["pad_id"])
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
+    stop = False
+    for epoch in range(state["epoch"] + 1, t.epochs + 1):
+        t0, seen, loss_sum, steps = time.time(), 0, 0.0, 0
+        torch.manual_seed(t.seed * 1000 + epoch)
+        batches = train_shard.iter_torch_batches(batch_size=t.micro_batch, collate_fn=collate,
+                                                 local_shuffle_buffer_size=t.micro_batch * 8,
+                                                 local_shuffle_seed=t.seed * 1000 + epoch)
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = engine(batch["input_ids"], batch["attention_mask"])
+            loss = _loss(out, batch, cfg)
+            engine.backward(loss)
+            engine.step()
+            seen += batch["input_ids"].shape[0]
+            loss_sum += float(loss)
+            steps += 1
+            if t.fail_at_epoch == epoch and rank == min(1, world - 1) and steps == 2:
+                marker = Path(loop_config["fail_marker"])
+                if not marker.exists():
+                    marker.write_text(f"worker {rank} killed at epoch {epoch}\n")
+                    print(f"[train] fault drill: rank {rank} exits during epoch {epoch}", flush=True)
+                    os._exit(1)
+        train_time = time.time() - t0
+        preds = _evaluate(engine, valid_shard, collate, device, max(64, t.micro_batch * 4))
+        m, calib = epoch_metrics(preds, cfg)
+        total_seen = torch.tensor([seen], dtype=torch.float64)
+        dist.all_reduce(total_seen)
+        m.update({"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
+                  "train_samples_per_s": float(total_seen.item()) / max(train_time, 1e-9),
+                  "epoch_seconds": time.time() - t0})
+        if state["resumed_at_epoch"] is not None:
+            m["resumed_at_epoch"] = state["resumed_at_epoch"]
+
+        score = m.get(t.early_stopping_metric, float("nan"))
+        sign = 1 if t.early_stopping_mode == "max" else -1
+        improved = state["best"] is None or (not math.isnan(score) and sign * (score - state["best"]) > 0)
+        if improved:
+            state["best"], state["bad_epochs"] = score, 0
+        else:
+            state["bad_epochs"] += 1
+        stop = state["bad_epochs"] >= t.patience
+        state["epoch"] = epoch
+
+        weights = consolidated_state_dict(engine, cfg, n_products, rank)
+        with tempfile.TemporaryDirectory() as tmp:
+            engine.save_checkpoint(tmp, tag=DS_TAG)
+            if rank == 0:
+                from safetensors.torch import save_file
+
+                (Path(tmp) / EXPORT_DIR).mkdir()
+                save_file(weights, str(Path(tmp) / EXPORT_DIR / "weights.safetensors"))
+                (Path(tmp) / EXPORT_DIR / "calibration.json").write_text(json.dumps(calib))
+                (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
+                print("[train] epoch {epoch}/{n}  loss {loss:.4f}  {rate:.1f} samples/s  {mets}".format(
+                    epoch=epoch, n=t.epochs, loss=m["train_loss"], rate=m["train_samples_per_s"],
+                    mets="  ".join(f"{k} {v:.4f}" for k, v in m.items()
+                                   if k.startswith(("default_", "recall", "ndcg", "map")))), flush=True)
+            ray.train.report(m, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if stop:
+            if rank == 0:
+                print(f"[train] early stopping: {t.early_stopping_metric} did not improve for {t.patience} epochs",
+                      flush=True)
+            break

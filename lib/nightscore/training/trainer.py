@@ -1,0 +1,148 @@
+"""Driver side of training: read + validate + tokenise with Ray Data, fit with TorchTrainer, export.
+
+Data is prepared and materialised before `fit()`, so Ray Data never competes with the
+training workers for CPUs (FIELD-NOTES: a pending map_batches can starve forever).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import storage
+from ..cluster import init_ray
+from ..config import Config, ConfigError
+from ..model import store
+from ..model.tokens import tokenizer_for
+from ..suitability import Catalog, load_catalog
+from ..validate import preflight
+from .data import prepare_batch
+from .loop import EXPORT_DIR, train_loop_per_worker
+
+
+def _read(uri: str, cfg: Config, tokenizer_dir: str, product_ids: list[str], split_valid: bool):
+    import ray.data
+
+    fs, path = storage.filesystem(uri, cfg.storage.s3)
+    files = storage.list_files(fs, path)
+    dups = preflight(fs, files, cfg.schema, with_labels=True)
+    input_rows = sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
+    ds = ray.data.read_parquet(files, filesystem=fs, include_paths=True).map_batches(
+        prepare_batch, batch_format="pyarrow", batch_size=1024,
+        fn_kwargs=dict(cfg=cfg, tokenizer_dir=tokenizer_dir, product_ids=product_ids,
+                       duplicate_ids=dups, split_valid=split_valid),
+    ).materialize()
+    return ds, input_rows
+
+
+def catalog_yaml(catalog: Catalog) -> str:
+    """The catalog as trained on, stored with the model so product columns keep their meaning."""
+    import dataclasses
+
+    import yaml
+
+    rows = [{k: v for k, v in dataclasses.asdict(p).items() if v is not None} for p in catalog.products]
+    return yaml.safe_dump({"products": rows}, sort_keys=False)
+
+
+def metric_names(cfg: Config) -> list[str]:
+    names = []
+    if cfg.schema.labels.default:
+        names += ["default_auc", "default_gini", "default_ks", "default_brier", "default_logloss", "default_ece"]
+    if cfg.schema.labels.products:
+        k = cfg.products.top_k
+        names += [f"recall@{k}", f"ndcg@{k}", f"map@{k}"]
+    return names + ["train_loss"]
+
+
+def check(cfg: Config) -> None:
+    """Config problems that only make sense together; raised before any work starts."""
+    if not (cfg.schema.labels.default or cfg.schema.labels.products):
+        raise ConfigError("schema.labels: training needs at least one label (default or products)")
+    if cfg.train.early_stopping_metric not in metric_names(cfg):
+        raise ConfigError(f"train.early_stopping_metric: {cfg.train.early_stopping_metric!r} is not produced "
+                          f"with these labels; choose one of {metric_names(cfg)}")
+
+
+def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, storage_path: str,
+          run_name: str | None = None) -> dict[str, Any]:
+    """Fine-tune and write a verified model directory to `out_uri`. Returns a summary."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    check(cfg)
+    if not storage.is_s3(storage_path):
+        storage_path = str(Path(storage_path).expanduser().absolute())
+    catalog = load_catalog(cfg.products.catalog, cfg.storage.s3)
+    backbone_dir = store.resolve_backbone(cfg.model.backbone, cfg.storage.s3)
+    tokenizer = tokenizer_for(backbone_dir)
+    init_ray(cfg.ray)
+
+    prepared, input_rows = _read(train_uri, cfg, backbone_dir, catalog.ids, split_valid=valid_uri is None)
+    if valid_uri is None:
+        train_ds = prepared.filter(expr="is_valid_split == False").drop_columns(["is_valid_split"]).materialize()
+        valid_ds = prepared.filter(expr="is_valid_split == True").drop_columns(["is_valid_split"]).materialize()
+        valid_input_rows = 0
+    else:
+        train_ds = prepared
+        valid_ds, valid_input_rows = _read(valid_uri, cfg, backbone_dir, catalog.ids, split_valid=False)
+    train_rows, valid_rows = train_ds.count(), valid_ds.count()
+    quarantined = input_rows + valid_input_rows - train_rows - valid_rows
+    print(f"[train] rows: {train_rows} train, {valid_rows} validation, {quarantined} quarantined", flush=True)
+    if train_rows == 0 or valid_rows == 0:
+        raise ConfigError("not enough valid rows to train and validate (check the data and train.valid_fraction)")
+
+    name = run_name or f"train-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
+    t = cfg.train
+    metric, mode = t.early_stopping_metric, t.early_stopping_mode
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.to_dict(), "product_ids": catalog.ids, "train_rows": train_rows,
+            "pad_id": tokenizer.pad_token_id or 0,
+            "fail_marker": str(Path(storage_path).expanduser() / name / ".fault-drill-done"),
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker={"CPU": t.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
+                                                         checkpoint_score_order=mode),
+        ),
+        datasets={"train": train_ds, "valid": valid_ds},
+    )
+    Path(storage_path).expanduser().joinpath(name).mkdir(parents=True, exist_ok=True)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+
+    best_ckpt, best_metrics = max(result.best_checkpoints,
+                                  key=lambda cm: (1 if mode == "max" else -1) * cm[1].get(metric, float("-inf")))
+    history = result.metrics_dataframe.to_dict(orient="records") if result.metrics_dataframe is not None else []
+    with best_ckpt.as_directory() as d:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(Path(d) / EXPORT_DIR / "weights.safetensors"))
+        calib = json.loads((Path(d) / EXPORT_DIR / "calibration.json").read_text())
+    resumed = sorted({int(h["resumed_at_epoch"]) for h in history
+                      if h.get("resumed_at_epoch") is not None and not np.isnan(h["resumed_at_epoch"])})
+    manifest = store.save(
+        out_uri, state_dict=weights, base_backbone=backbone_dir, tokenizer_dir=backbone_dir,
+        pooling=cfg.model.pooling, product_ids=catalog.ids, calibration=calib, config=cfg,
+        catalog_yaml=catalog_yaml(catalog), metrics={"best": best_metrics, "history": history},
+        training={"train_uri": train_uri, "valid_uri": valid_uri, "input_rows": input_rows + valid_input_rows,
+                  "train_rows": train_rows, "valid_rows": valid_rows, "quarantined_rows": quarantined,
+                  "run_name": name, "storage_path": storage_path, "resumed_at_epochs": resumed},
+        s3=cfg.storage.s3,
+    )
+    return {"model_uri": out_uri, "version": manifest["version"], "best": best_metrics,
+            "resumed_at_epochs": resumed, "train_rows": train_rows, "valid_rows": valid_rows,
+            "quarantined_rows": quarantined}

@@ -1,0 +1,184 @@
+"""Arrow batch -> (valid rows, quarantined rows + reason), vectorised with pyarrow.compute.
+
+Two kinds of failure: a whole-file problem (unreadable, missing required column, a
+column that cannot be cast to its configured type) raises `InputFileError` naming file
+and column, before anything is written; a row problem sends that row to quarantine
+with a readable reason. `valid + quarantined == input`, always.
+
+Quarantine keeps every input column unchanged except PII columns, which are dropped,
+and free-text columns, which are scrubbed: no PII value may reach any output.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .config import SchemaSpec
+from .schema import required_columns
+from .serialize import scrub
+
+REASON = "reason"
+
+
+class InputFileError(Exception):
+    """A whole input file is unusable; nothing may be committed."""
+
+
+@dataclass(frozen=True)
+class Split:
+    valid: pa.Table
+    quarantine: pa.Table
+
+
+def conform(table: pa.Table, schema: SchemaSpec, source: str, with_labels: bool = False) -> pa.Table:
+    """Check required columns exist and cast them to their configured types.
+
+    Raises InputFileError naming `source` and the column when a column is missing or
+    cannot be cast as a whole (e.g. text in a numeric column).
+    """
+    wanted = required_columns(schema, with_labels)
+    missing = [c for c in wanted if c not in table.column_names]
+    if missing:
+        raise InputFileError(f"{source}: missing required column(s) {', '.join(missing)}")
+    for name, typ in wanted.items():
+        if table.column(name).type != typ:
+            cast = _cast_column(table.column(name), typ, name, source)
+            table = table.set_column(table.schema.get_field_index(name), name, cast)
+    return table
+
+
+def _cast_column(col: pa.ChunkedArray, typ: pa.DataType, name: str, source: str) -> pa.ChunkedArray:
+    try:
+        if pa.types.is_dictionary(col.type):
+            col = pc.cast(col, col.type.value_type)
+        return pc.cast(col, typ, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InputFileError(
+            f"{source}: column {name!r} has type {col.type}, which cannot be read as {typ} ({exc})"
+        ) from None
+
+
+def _mask(x: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Arrow boolean -> numpy bool with null as False."""
+    return pc.fill_null(x, False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def row_problems(
+    table: pa.Table,
+    schema: SchemaSpec,
+    date: dt.date | None = None,
+    duplicate_ids: pa.Array | None = None,
+) -> list[tuple[np.ndarray, str]]:
+    """Every row check as (failing-rows mask, reason). `table` must be conformed."""
+    checks: list[tuple[np.ndarray, str]] = []
+    ids = table.column(schema.id)
+    id_missing = _mask(pc.or_kleene(pc.is_null(ids), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(ids)), 0)))
+    checks.append((id_missing, f"missing {schema.id}"))
+    counts = pc.value_counts(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+    dup_values = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    if duplicate_ids is not None and len(duplicate_ids):
+        dup_values = pa.concat_arrays([dup_values.cast(pa.string()), duplicate_ids.cast(pa.string())])
+    checks.append((_mask(pc.is_in(ids, value_set=dup_values)) & ~id_missing, f"duplicate {schema.id}"))
+    if schema.date:
+        d = table.column(schema.date)
+        checks.append((_mask(pc.is_null(d)), f"missing {schema.date}"))
+        if date is not None:
+            checks.append((_mask(pc.not_equal(d, pa.scalar(date, pa.date32()))), f"{schema.date} is not {date}"))
+    for f in schema.features:
+        col = table.column(f.name)
+        if not f.nullable:
+            checks.append((_mask(pc.is_null(col)), f"{f.name} is missing"))
+        if f.kind == "numeric":
+            if pa.types.is_floating(col.type):
+                checks.append((_mask(pc.invert(pc.is_finite(col))), f"{f.name} is not a finite number"))
+            if f.min is not None:
+                checks.append((_mask(pc.less(col, f.min)), f"{f.name} below minimum {f.min:g}"))
+            if f.max is not None:
+                checks.append((_mask(pc.greater(col, f.max)), f"{f.name} above maximum {f.max:g}"))
+        elif f.kind == "categorical" and f.values is not None:
+            allowed = pa.array(f.values, pa.string())
+            checks.append((_mask(pc.invert(pc.is_in(col, value_set=allowed))) & _mask(pc.is_valid(col)),
+                           f"{f.name} has a value outside {f.values}"))
+        elif f.kind == "list" and f.values is not None:
+            flat = pc.list_flatten(col)
+            bad_item = pc.invert(pc.is_in(flat, value_set=pa.array(f.values, pa.string())))
+            parents = pc.list_parent_indices(col)
+            bad_rows = np.zeros(table.num_rows, dtype=bool)
+            bad_rows[pc.filter(parents, bad_item).to_numpy(zero_copy_only=False)] = True
+            checks.append((bad_rows, f"{f.name} has an item outside {f.values}"))
+    return checks
+
+
+def split(
+    table: pa.Table,
+    schema: SchemaSpec,
+    date: dt.date | None = None,
+    duplicate_ids: pa.Array | None = None,
+) -> Split:
+    """Partition a conformed table into valid rows and quarantined rows with reasons."""
+    n = table.num_rows
+    reasons = np.full(n, "", dtype=object)
+    bad = np.zeros(n, dtype=bool)
+    for mask, text in row_problems(table, schema, date, duplicate_ids):
+        if not mask.any():
+            continue
+        fresh = mask & ~bad
+        reasons[fresh] = text
+        again = mask & bad
+        reasons[again] = reasons[again] + "; " + text
+        bad |= mask
+    valid = table.filter(pa.array(~bad))
+    quarantine = redact(table.filter(pa.array(bad)), schema)
+    quarantine = quarantine.append_column(REASON, pa.array(reasons[bad].tolist(), pa.string()))
+    return Split(valid=valid, quarantine=quarantine)
+
+
+def redact(table: pa.Table, schema: SchemaSpec) -> pa.Table:
+    """Drop PII columns and scrub free text, for anything written outside the model."""
+    keep = [c for c in table.column_names if c not in set(schema.pii)]
+    table = table.select(keep)
+    for f in schema.features:
+        if f.kind == "text" and f.name in table.column_names:
+            i = table.schema.get_field_index(f.name)
+            table = table.set_column(i, f.name, scrub(pc.cast(table.column(f.name), pa.string())))
+    return table
+
+
+def preflight(fs, files: list[str], schema: SchemaSpec, with_labels: bool = False) -> pa.Array:
+    """Whole-file checks on every input file before any work starts.
+
+    Reads footers (unreadable file, missing column) and, only where a column's stored
+    type differs from the configured one, that column (un-castable values). Returns the
+    ids that occur more than once across all files, so per-batch validation can
+    quarantine cross-file duplicates.
+    """
+    import pyarrow.parquet as pq
+
+    wanted = required_columns(schema, with_labels)
+    if not files:
+        raise InputFileError("no Parquet files found in the input")
+    ids = []
+    for path in files:
+        try:
+            pf = pq.ParquetFile(path, filesystem=fs)
+            arrow_schema = pf.schema_arrow
+        except (OSError, pa.ArrowException) as exc:
+            raise InputFileError(f"{path}: unreadable Parquet file ({exc})") from None
+        missing = [c for c in wanted if c not in arrow_schema.names]
+        if missing:
+            raise InputFileError(f"{path}: missing required column(s) {', '.join(missing)}")
+        differing = [c for c, t in wanted.items() if arrow_schema.field(c).type != t]
+        try:
+            table = pf.read(columns=sorted({schema.id, *differing}))
+        except (OSError, pa.ArrowException) as exc:
+            raise InputFileError(f"{path}: unreadable Parquet file ({exc})") from None
+        for name in differing:
+            _cast_column(table.column(name), wanted[name], name, path)
+        ids.append(pc.cast(table.column(schema.id), pa.string()))
+    all_ids = pa.chunked_array([c for col in ids for c in col.chunks], pa.string()).combine_chunks()
+    counts = pc.value_counts(all_ids)
+    return pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).drop_null()
