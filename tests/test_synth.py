@@ -149,8 +149,8 @@ def test_default_rate_and_truth_signal(labelled):
     assert auc > 0.75
     acquired = _np(pc.list_value_length(snap["products_acquired_90d"]))
     assert 0.1 < acquired.mean() < 2
-    both = [set(h) & set(a) for h, a in zip(snap["products_held"].to_pylist(), snap["products_acquired_90d"].to_pylist())]
-    assert not any(both)
+    pairs = zip(snap["products_held"].to_pylist(), snap["products_acquired_90d"].to_pylist())
+    assert not any(set(held) & set(acq) for held, acq in pairs)
 
 
 def test_drift_shifts_population(products):
@@ -226,11 +226,12 @@ def test_corrupt_is_generic():
         "purpose": pa.array(["car"] * n),
         "comment": pa.nulls(n, pa.string()),
     })
-    assert synth.corruption_kinds(table, schema) == ["null_id", "duplicate_id", "null_feature", "out_of_range", "bad_category"]
+    kinds = synth.corruption_kinds(table, schema)
+    assert kinds == ["null_id", "duplicate_id", "null_feature", "out_of_range", "bad_category"]
     bad = synth.corrupt(table, schema, 0.5, seed=1)
     assert bad.num_rows == n and bad.schema.equals(table.schema)
     found = _kinds_found(table, bad, schema)
-    assert all(found[k] >= 90 for k in synth.corruption_kinds(table, schema)), found
+    assert all(found[k] >= 90 for k in kinds), found
 
 
 def test_catalog_product_ids(tmp_path):

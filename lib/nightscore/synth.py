@@ -310,7 +310,8 @@ def _population(rng: np.random.Generator, n: int, drift: float) -> dict[str, np.
     accounts = (1 + rng.poisson(1.2 + 0.6 * (income > 40_000))).astype(np.int64)
 
     has_credit = rng.random(n) < np.where(emp == 4, 0.5, 0.88)
-    limit = np.where(has_credit, np.minimum(np.round(income * np.exp(np.log(0.3) + 0.5 * rng.standard_normal(n)), -1), 100_000.0), 0.0)
+    limit = np.minimum(np.round(income * 0.3 * np.exp(0.5 * rng.standard_normal(n)), -1), 100_000.0)
+    limit = np.where(has_credit, limit, 0.0)
     util = _sigmoid(-1.4 + 0.9 * z + 1.2 * d + 0.6 * rng.standard_normal(n))
     util = np.where(rng.random(n) < 0.02, util * 1.15, util)
     balance = np.round(util * limit, 2)
@@ -328,7 +329,8 @@ def _population(rng: np.random.Generator, n: int, drift: float) -> dict[str, np.
     txns = rng.poisson(np.exp(3.3 + 0.3 * rng.standard_normal(n))).astype(np.int64)
 
     log_inc = np.log(np.maximum(income, 1_000.0) / 30_000)
-    rt = np.clip(np.round(2.8 + 0.5 * log_inc - 0.025 * (age - 45) + 0.9 * rng.standard_normal(n)), 1, 5).astype(np.int64)
+    rt = np.round(2.8 + 0.5 * log_inc - 0.025 * (age - 45) + 0.9 * rng.standard_normal(n))
+    rt = np.clip(rt, 1, 5).astype(np.int64)
     exp_latent = 0.6 * (rt - 3) + 0.4 * log_inc + 0.02 * (age - 40) + rng.standard_normal(n)
     experience = np.searchsorted(np.array([-0.3, 0.8, 1.8]), exp_latent)
     vulnerable = rng.random(n) < _sigmoid(-3.4 + 1.5 * (age >= 75) + 1.0 * (emp == 2) + 0.6 * (income < 12_000))
@@ -356,7 +358,10 @@ def _pii(rng: np.random.Generator, n: int, region: np.ndarray) -> dict[str, pa.A
     national_id = _join(_pick(NI_PREFIXES, rng.integers(0, len(NI_PREFIXES), n)), _digits(rng, n, 2),
                         _digits(rng, n, 2), _digits(rng, n, 2), _pick(list("ABCD"), rng.integers(0, 4, n)), sep=" ")
     town_i = region * 3 + rng.integers(0, 3, n)
-    letters = lambda: _pick(POSTCODE_LETTERS, rng.integers(0, len(POSTCODE_LETTERS), n))  # noqa: E731
+
+    def letters() -> pa.Array:
+        return _pick(POSTCODE_LETTERS, rng.integers(0, len(POSTCODE_LETTERS), n))
+
     postcode = _join(_pick([t[1] for t in TOWNS], town_i), pc.cast(pa.array(rng.integers(1, 21, n)), pa.string()), " ",
                      pc.cast(pa.array(rng.integers(1, 10, n)), pa.string()), letters(), letters())
     address = _join(pc.cast(pa.array(rng.integers(1, 200, n)), pa.string()), " ",
@@ -373,7 +378,8 @@ def _notes(rng: np.random.Generator, pop: dict[str, np.ndarray], email: pa.Array
     n = len(pop["age"])
     age, emp, home = pop["age"], pop["emp"], pop["home"]
     w = np.empty((n, len(TOPICS)))
-    w[:, 0] = 0.08 * (1 + 2.5 * (emp == 2) + 0.8 * np.minimum(pop["n_late_payments_12m"], 3) + 1.5 * (pop["credit_utilization"] > 0.8))
+    arrears = np.minimum(pop["n_late_payments_12m"], 3)
+    w[:, 0] = 0.08 * (1 + 2.5 * (emp == 2) + 0.8 * arrears + 1.5 * (pop["credit_utilization"] > 0.8))
     w[:, 1] = 0.10 * (1 + 1.5 * ((home == 2) & (age >= 25) & (age < 45)) + 1.0 * (home == 1))
     w[:, 2] = 0.06 * (1 + 3.0 * (age >= 50) * (emp != 3))
     w[:, 3] = 0.10 * np.clip(pop["annual_income"] / 30_000, 0.3, 2.5)
@@ -396,7 +402,8 @@ def _notes(rng: np.random.Generator, pop: dict[str, np.ndarray], email: pa.Array
     contact_kind = rng.integers(0, len(CONTACT_INTROS), n)
     has_contact = rng.random(n) < CONTACT_RATE
     null = pa.nulls(n, pa.string())
-    contact = _join(_pick(CONTACT_INTROS, contact_kind), pc.if_else(pa.array(CONTACT_IS_PHONE[contact_kind]), phone, email))
+    contact_value = pc.if_else(pa.array(CONTACT_IS_PHONE[contact_kind]), phone, email)
+    contact = _join(_pick(CONTACT_INTROS, contact_kind), contact_value)
     text = _join(pc.if_else(pa.array(has_channel), _pick(CHANNELS, rng.integers(0, len(CHANNELS), n)), null),
                  text1, pc.if_else(pa.array(has_second), text2, null),
                  pc.if_else(pa.array(has_contact), contact, null), sep=" ")
@@ -480,7 +487,8 @@ def generate(n: int, date: dt.date, seed: int, product_ids: list[str], labels: b
     held = rng.random(held_logit.shape, dtype=np.float32) < _sigmoid(held_logit)
     propensity = np.where(held, np.float32(0.0), _sigmoid(base))
 
-    ids = _join("C", pc.utf8_lpad(pc.cast(pa.array(np.arange(id_offset, id_offset + n, dtype=np.int64)), pa.string()), 9, "0"))
+    numbers = pc.cast(pa.array(np.arange(id_offset, id_offset + n, dtype=np.int64)), pa.string())
+    ids = _join("C", pc.utf8_lpad(numbers, 9, "0"))
     columns: dict[str, pa.Array] = {
         "customer_id": ids,
         "snapshot_date": pa.array(np.full(n, np.datetime64(date, "D")), pa.date32()),
@@ -495,7 +503,8 @@ def generate(n: int, date: dt.date, seed: int, product_ids: list[str], labels: b
             "tenure_months", "n_open_accounts", "total_credit_limit", "revolving_balance", "credit_utilization",
             "debt_to_income", "n_late_payments_12m")},
         "months_since_last_delinquency": pa.array(pop["since"], mask=pop["since_null"]),
-        **{k: pa.array(pop[k]) for k in ("n_inquiries_6m", "avg_monthly_balance", "monthly_txn_count", "risk_tolerance")},
+        **{k: pa.array(pop[k]) for k in (
+            "n_inquiries_6m", "avg_monthly_balance", "monthly_txn_count", "risk_tolerance")},
         "investment_experience": _pick(EXPERIENCE, pop["experience"]),
         "is_vulnerable": pa.array(pop["is_vulnerable"]),
         "products_held": _list_column(held, product_ids),
@@ -503,7 +512,8 @@ def generate(n: int, date: dt.date, seed: int, product_ids: list[str], labels: b
     }
     if labels:
         columns["default_12m"] = pa.array(rng.random(n) < true_pd)
-        columns["products_acquired_90d"] = _list_column(rng.random(propensity.shape, dtype=np.float32) < propensity, product_ids)
+        acquired = rng.random(propensity.shape, dtype=np.float32) < propensity
+        columns["products_acquired_90d"] = _list_column(acquired, product_ids)
     truth = {"customer_id": ids, "true_pd": pa.array(true_pd)}
     truth.update({f"p_{p}": pa.array(propensity[:, j].astype(np.float64)) for j, p in enumerate(product_ids)})
     return pa.table(columns), pa.table(truth)

@@ -1,0 +1,123 @@
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import LOCAL_CONFIG
+from nightscore import synth
+from nightscore.config import load_config
+from nightscore.storage import filesystem
+from nightscore.validate import REASON, InputFileError, conform, preflight, split
+
+DATE = dt.date(2026, 11, 23)
+CFG = load_config(LOCAL_CONFIG)
+SCHEMA = CFG.schema
+
+
+@pytest.fixture(scope="module")
+def clean():
+    table, _ = synth.generate(2000, DATE, 3, synth.catalog_product_ids("builtin:catalog.yaml"), labels=True)
+    return table
+
+
+def one_bad(clean, column, value):
+    """A copy of `clean` with row 7's `column` replaced by `value`."""
+    col = clean.column(column).to_pylist()
+    col[7] = value
+    return clean.set_column(clean.schema.get_field_index(column), column, pa.array(col, clean.schema.field(column).type))
+
+
+def test_clean_snapshot_passes_unchanged(clean):
+    s = split(conform(clean, SCHEMA, "mem", with_labels=True), SCHEMA, DATE)
+    assert s.quarantine.num_rows == 0
+    assert s.valid.equals(clean)
+
+
+@pytest.mark.parametrize("column,value,reason", [
+    ("customer_id", None, "missing customer_id"),
+    ("customer_id", "", "missing customer_id"),
+    ("snapshot_date", dt.date(2026, 11, 20), "snapshot_date is not 2026-11-23"),
+    ("snapshot_date", None, "missing snapshot_date"),
+    ("age", None, "age is missing"),
+    ("age", 150, "age above maximum 120"),
+    ("annual_income", -1.0, "annual_income below minimum 0"),
+    ("annual_income", float("nan"), "annual_income is not a finite number"),
+    ("risk_tolerance", 0, "risk_tolerance below minimum 1"),
+    ("employment_status", "astronaut", "employment_status has a value outside"),
+    ("home_ownership", None, "home_ownership is missing"),
+])
+def test_each_bad_row_kind_is_quarantined_with_reason(clean, column, value, reason):
+    bad = one_bad(clean, column, value)
+    s = split(conform(bad, SCHEMA, "mem", with_labels=True), SCHEMA, DATE)
+    assert s.valid.num_rows + s.quarantine.num_rows == bad.num_rows
+    assert s.quarantine.num_rows == 1
+    assert reason in s.quarantine.column(REASON)[0].as_py()
+
+
+def test_duplicates_and_multiple_reasons(clean):
+    ids = clean.column("customer_id").to_pylist()
+    ids[5] = ids[6]
+    bad = one_bad(clean.set_column(0, "customer_id", pa.array(ids)), "age", 200)
+    s = split(conform(bad, SCHEMA, "mem"), SCHEMA, DATE)
+    reasons = s.quarantine.column(REASON).to_pylist()
+    assert s.quarantine.num_rows == 3  # both copies of the duplicate, and the bad age
+    assert sum("duplicate customer_id" in r for r in reasons) == 2
+    assert s.valid.num_rows + s.quarantine.num_rows == bad.num_rows
+
+
+def test_cross_file_duplicates_via_preflight(clean, tmp_path):
+    a, b = clean.slice(0, 1000), clean.slice(900, 1100)  # 100 ids in both files
+    pq.write_table(a, tmp_path / "a.parquet")
+    pq.write_table(b, tmp_path / "b.parquet")
+    fs, _ = filesystem(str(tmp_path))
+    dups = preflight(fs, [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")], SCHEMA)
+    assert len(dups) == 100
+    s = split(conform(a, SCHEMA, "a"), SCHEMA, DATE, dups)
+    assert s.quarantine.num_rows == 100
+
+
+def test_quarantine_carries_no_pii(clean):
+    bad = one_bad(clean, "age", 999)
+    notes = bad.column("interaction_notes").to_pylist()
+    notes[7] = "call me on 07700 900123 or mail jo@example.com"
+    bad = bad.set_column(bad.schema.get_field_index("interaction_notes"), "interaction_notes", pa.array(notes))
+    q = split(conform(bad, SCHEMA, "mem"), SCHEMA, DATE).quarantine
+    assert not set(SCHEMA.pii) & set(q.column_names)
+    assert q.column("interaction_notes")[0].as_py() == "call me on [phone] or mail [email]"
+
+
+def test_corrupted_snapshot_invariant(clean):
+    bad = synth.corrupt(clean, SCHEMA, 0.05, seed=1)
+    s = split(conform(bad, SCHEMA, "mem", with_labels=True), SCHEMA, DATE)
+    assert s.valid.num_rows + s.quarantine.num_rows == bad.num_rows
+    assert 0.03 < s.quarantine.num_rows / bad.num_rows < 0.08
+    assert pc.all(pc.greater(pc.utf8_length(s.quarantine.column(REASON)), 0)).as_py()
+
+
+def test_whole_file_failures_name_file_and_column(clean, tmp_path):
+    with pytest.raises(InputFileError, match=r"part-1\.parquet: missing required column\(s\) age"):
+        conform(clean.drop_columns(["age"]), SCHEMA, "part-1.parquet")
+    text_age = clean.set_column(clean.schema.get_field_index("age"), "age",
+                                pa.array(["old"] * clean.num_rows))
+    with pytest.raises(InputFileError, match=r"column 'age' has type string"):
+        conform(text_age, SCHEMA, "f")
+    # castable types are accepted: int32 ages, numeric strings
+    as_int32 = clean.set_column(clean.schema.get_field_index("age"), "age", pc.cast(clean.column("age"), pa.int32()))
+    assert conform(as_int32, SCHEMA, "f").schema.field("age").type == pa.int64()
+
+    fs, _ = filesystem(str(tmp_path))
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet at all")
+    with pytest.raises(InputFileError, match="broken.parquet: unreadable Parquet file"):
+        preflight(fs, [str(broken)], SCHEMA)
+    pq.write_table(text_age, tmp_path / "text_age.parquet")
+    with pytest.raises(InputFileError, match=r"text_age.parquet: column 'age'"):
+        preflight(fs, [str(tmp_path / "text_age.parquet")], SCHEMA)
+    pq.write_table(clean.drop_columns(["region"]), tmp_path / "no_region.parquet")
+    with pytest.raises(InputFileError, match="no_region.parquet: missing required column"):
+        preflight(fs, [str(tmp_path / "no_region.parquet")], SCHEMA)
+    with pytest.raises(InputFileError, match="no Parquet files"):
+        preflight(fs, [], SCHEMA)
