@@ -182,3 +182,23 @@ def preflight(fs, files: list[str], schema: SchemaSpec, with_labels: bool = Fals
     all_ids = pa.chunked_array([c for col in ids for c in col.chunks], pa.string()).combine_chunks()
     counts = pc.value_counts(all_ids)
     return pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).drop_null()
+
+
+def check_partition(fs, files: list[str], schema: SchemaSpec, date: dt.date | None,
+                    with_labels: bool = False) -> dict[str, object]:
+    """Validate a whole partition in this process (no Ray): counts and reasons, for quick checks."""
+    import collections
+
+    import pyarrow.parquet as pq
+
+    dups = preflight(fs, files, schema, with_labels)
+    totals = {"files": len(files), "input_rows": 0, "valid_rows": 0, "quarantined_rows": 0}
+    reasons: collections.Counter[str] = collections.Counter()
+    for path in files:
+        result = split(conform(pq.read_table(path, filesystem=fs), schema, path, with_labels), schema, date, dups)
+        totals["input_rows"] += result.valid.num_rows + result.quarantine.num_rows
+        totals["valid_rows"] += result.valid.num_rows
+        totals["quarantined_rows"] += result.quarantine.num_rows
+        for text in result.quarantine.column(REASON).to_pylist():
+            reasons.update(text.split("; "))
+    return {**totals, "reasons": dict(reasons.most_common())}
