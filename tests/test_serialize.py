@@ -43,11 +43,11 @@ def test_nulls_lists_booleans_numbers():
     t = t.set_column(t.schema.get_field_index("products_held"), "products_held", pa.array([[], ["A", "B"], [], [], []]))
     t = t.set_column(t.schema.get_field_index("annual_income"), "annual_income", pa.array([52347.8, 1_250_000.0, 900.0, 0.0, 10.5]))
     texts = serialize(t, CFG.schema, CFG.serialize).to_pylist()
-    assert "Years employed: unknown" in texts[0] and "Years employed: 2.5" in texts[1]
-    assert "Months since delinquency: never" in texts[0] and "Months since delinquency: 3" in texts[1]
-    assert "Products held: none" in texts[0] and "Products held: A, B" in texts[1]
-    assert "Annual income: 52.3k" in texts[0] and "Annual income: 1.25m" in texts[1] and "Annual income: 900;" in texts[2]
-    assert "Customer for: " in texts[0] and " months;" in texts[0]
+    assert "Years in job: unknown" in texts[0] and "Years in job: 2.5" in texts[1]
+    assert "Last delinquency: never" in texts[0] and "Last delinquency: 3 months ago" in texts[1]
+    assert "Products: none" in texts[0] and "Products: A, B" in texts[1]
+    assert "Income: 52.3k" in texts[0] and "Income: 1.25m" in texts[1] and "Income: 900;" in texts[2]
+    assert "Tenure: " in texts[0] and " months;" in texts[0]
 
 
 @pytest.mark.parametrize("raw,clean", [
@@ -69,7 +69,7 @@ def test_notes_scrubbed_and_truncated():
                      pa.array(["mail a.b@c.com now", long, "   "]))
     texts = serialize(t, CFG.schema, CFG.serialize).to_pylist()
     assert texts[0].endswith("Notes: mail [email] now")
-    assert texts[1].endswith("Notes: " + "x" * 160)
+    assert texts[1].endswith("Notes: " + "x" * 120)
     assert texts[2].endswith("Notes: unknown")
 
 

@@ -199,10 +199,14 @@ class ScoreSpec(Strict):
     num_actors: int = Field(default=1, ge=1)
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    batch_size: int = Field(default=256, ge=1)
-    precision: Literal["fp32", "bf16", "auto"] = "auto"
+    batch_size: int = Field(default=256, ge=1)  # rows per actor call (sorted by length inside)
+    micro_batch: int = Field(default=64, ge=1)  # rows per forward pass
+    prep_batch_size: int = Field(default=4096, ge=1)  # rows per validation/tokenisation task
+    precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto: measure both on this hardware
     rows_per_file: int = 200_000
     torch_threads: int | None = None
+    kill_actor_after_batches: int | None = None  # fault drill: one actor dies once after N batches
+    fail_before_commit: bool = False  # fault drill: stop after writing, before the manifest
 
 
 class RaySpec(Strict):
@@ -219,6 +223,35 @@ class StorageSpec(Strict):
     s3: S3Spec = S3Spec()
 
 
+# --------------------------------------------------------------------------- monitoring
+class SensitiveSpec(Strict):
+    """An attribute the fairness tables split customers by (never a PII column)."""
+
+    column: str
+    bins: list[float] | None = None  # numeric cut points; groups are [bins[i], bins[i+1])
+    label: str | None = None  # heading in the report; default: the column name
+
+    @model_validator(mode="after")
+    def _bins(self) -> "SensitiveSpec":
+        if self.bins is not None and (len(self.bins) < 2 or any(a >= b for a, b in zip(self.bins, self.bins[1:]))):
+            raise ValueError(f"sensitive {self.column}: bins need at least two strictly increasing cut points")
+        return self
+
+
+class MonitoringSpec(Strict):
+    psi_warn: float = Field(default=0.1, gt=0)
+    psi_alert: float = Field(default=0.25, gt=0)
+    quarantine_alert: float = Field(default=0.05, ge=0, le=1)  # alert when the quarantine rate exceeds this
+    history: int = Field(default=30, ge=1)  # dates shown in the trend plots
+    sensitive: list[SensitiveSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> "MonitoringSpec":
+        if self.psi_warn > self.psi_alert:
+            raise ValueError(f"psi_warn {self.psi_warn} is above psi_alert {self.psi_alert}")
+        return self
+
+
 class Config(Strict):
     schema_: SchemaSpec = Field(alias="schema")
     serialize: SerializeSpec = SerializeSpec()
@@ -229,8 +262,18 @@ class Config(Strict):
     score: ScoreSpec = ScoreSpec()
     ray: RaySpec = RaySpec()
     storage: StorageSpec = StorageSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _sensitive_not_pii(self) -> "Config":
+        # Fairness tables print group values, so a PII or id column must never be one.
+        banned = {*self.schema_.pii, self.schema_.id}
+        bad = [s.column for s in self.monitoring.sensitive if s.column in banned]
+        if bad:
+            raise ValueError(f"monitoring.sensitive: {bad} are PII or id columns")
+        return self
 
     @property
     def schema(self) -> SchemaSpec:  # type: ignore[override]

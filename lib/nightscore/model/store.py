@@ -208,15 +208,22 @@ def fetch(uri: str, s3: S3Spec | None = None) -> Path:
     return local
 
 
+def load_meta(root: Path) -> dict[str, Any]:
+    return json.loads((root / META_FILE).read_text())
+
+
+def load_config(root: Path) -> Config:
+    """The config the model was trained with: its schema and serialisation define its text."""
+    return Config.model_validate(yaml.safe_load((root / "config.yaml").read_text()))
+
+
 def load(uri: str, s3: S3Spec | None = None) -> LoadedModel:
     """Verify then load a model directory (safetensors only, no remote code)."""
     from transformers import AutoModel, AutoTokenizer
 
-    from ..config import Config
-
     root = fetch(uri, s3)
-    meta = json.loads((root / META_FILE).read_text())
-    config = Config.model_validate(yaml.safe_load((root / "config.yaml").read_text()))
+    meta = load_meta(root)
+    config = load_config(root)
     backbone = AutoModel.from_pretrained(root / BACKBONE_DIR, trust_remote_code=False, use_safetensors=True)
     model = CreditModel(backbone, meta["pooling"], len(meta["product_ids"]), meta["default_head"])
     heads = load_file(str(root / HEADS_FILE))

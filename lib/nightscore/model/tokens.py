@@ -15,11 +15,37 @@ def tokenizer_for(path: str):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
 
+def _list_array(rows: list[list[int]], dtype) -> pa.ListArray:
+    lengths = np.fromiter((len(x) for x in rows), dtype=np.int32, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for row in rows for t in row), dtype=dtype, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
 def tokenize(texts: pa.Array, tokenizer, max_length: int) -> pa.ListArray:
     """Token ids (with special tokens, truncated) as list<int32>, one list per text."""
     ids = tokenizer(texts.to_pylist(), truncation=True, max_length=max_length)["input_ids"]
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+    return _list_array(ids, np.int32)
+
+
+def tokenize_with_fields(texts: pa.Array, starts: np.ndarray, tokenizer,
+                         max_length: int) -> tuple[pa.ListArray, pa.ListArray]:
+    """Token ids plus, per token, the index of the field it came from (-1: special token).
+
+    `starts` is serialize.field_spans(): each field's first character per row, then the
+    text length. Mapping runs as one searchsorted over all rows at once.
+    """
+    enc = tokenizer(texts.to_pylist(), truncation=True, max_length=max_length, return_offsets_mapping=True)
+    ids = _list_array(enc["input_ids"], np.int32)
+    lengths = np.diff(ids.offsets.to_numpy())
+    offsets = np.array([o for row in enc["offset_mapping"] for o in row], dtype=np.int64).reshape(-1, 2)
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    width = int(starts[:, -1].max()) + 2 if len(starts) else 1
+    n_fields = starts.shape[1] - 1
+    keys = (np.arange(len(starts))[:, None] * width + starts).ravel()
+    pos = np.searchsorted(keys, row * width + offsets[:, 0], side="right") - 1
+    field = pos - row * (n_fields + 1)
+    special = offsets[:, 1] <= offsets[:, 0]
+    field = np.where(special | (field < 0) | (field >= n_fields), -1, field).astype(np.int16)
+    return ids, pa.ListArray.from_arrays(ids.offsets, pa.array(field))

@@ -1,0 +1,127 @@
+"""In-process inference: one loaded model, length-bucketed batches, calibrated outputs.
+
+Used by the Ray inference actor, by the evaluation job and by the benchmark's raw
+in-process baseline, so all three measure and compute the same thing.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ..model import calibration
+from ..model.network import pad_batch
+from ..model.store import LoadedModel
+
+
+@dataclass
+class Predictions:
+    pd: np.ndarray | None  # calibrated PD, or None for a product-only model
+    propensity: np.ndarray | None  # (rows, model products), or None for a default-only model
+
+
+def choose_dtype(precision: str, device: torch.device, model: torch.nn.Module, sample: list[np.ndarray]) -> torch.dtype | None:
+    """bf16 where asked, fp32 where asked; 'auto' measures both on this hardware and keeps the faster.
+
+    CPUs without bf16 units run bf16 several times slower than fp32, and GPUs the other way
+    round, so measuring beats guessing.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    ids, mask = pad_batch(sample, 0)
+    timings = {}
+    for dtype in (None, torch.bfloat16):
+        with torch.no_grad(), _autocast(device, dtype):
+            model(ids, mask)  # warm-up
+            t0 = time.perf_counter()
+            model(ids, mask)
+            timings[dtype] = time.perf_counter() - t0
+    return min(timings, key=timings.get)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+class Predictor:
+    def __init__(self, loaded: LoadedModel, device: str | None = None, precision: str = "auto",
+                 micro_batch: int = 64, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.loaded = loaded
+        self.model = loaded.model.to(self.device).eval()
+        self.pad_id = loaded.tokenizer.pad_token_id or 0
+        self.micro_batch = micro_batch
+        self.precision = precision
+        self.dtype: torch.dtype | None = None
+        self._dtype_chosen = False
+
+    def _ensure_dtype(self, sample: list[np.ndarray]) -> None:
+        if not self._dtype_chosen:
+            self.dtype = choose_dtype(self.precision, self.device, self.model, sample[: self.micro_batch])
+            self._dtype_chosen = True
+
+    def _batches(self, ids: list[np.ndarray]):
+        """Row indices in micro-batches of similar length (less padding, same results)."""
+        order = np.argsort(np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids)), kind="stable")
+        for start in range(0, len(ids), self.micro_batch):
+            yield order[start:start + self.micro_batch]
+
+    def predict(self, input_ids: pa.ListArray | list[np.ndarray]) -> Predictions:
+        """Calibrated PD and product propensities for every row."""
+        ids = _as_arrays(input_ids)
+        n = len(ids)
+        self._ensure_dtype(ids)
+        meta = self.loaded.meta
+        logits = np.zeros(n, dtype=np.float64) if meta["default_head"] else None
+        props = np.zeros((n, len(meta["product_ids"])), dtype=np.float32) if meta["product_ids"] else None
+        for rows in self._batches(ids):
+            x, mask = pad_batch([ids[i] for i in rows], self.pad_id)
+            with torch.no_grad(), _autocast(self.device, self.dtype):
+                out = self.model(x.to(self.device), mask.to(self.device))
+            if logits is not None:
+                logits[rows] = out["default_logit"].float().cpu().numpy()
+            if props is not None:
+                props[rows] = torch.sigmoid(out["product_logits"].float()).cpu().numpy()
+        pd = calibration.apply(meta["calibration"], logits) if logits is not None else None
+        return Predictions(pd=pd, propensity=props)
+
+    def explain(self, input_ids: pa.ListArray | list[np.ndarray], token_field: pa.ListArray | list[np.ndarray],
+                n_fields: int) -> np.ndarray:
+        """Per-field gradient x input of the default logit: (rows, fields), positive = raises PD."""
+        ids, fields = _as_arrays(input_ids), _as_arrays(token_field)
+        self._ensure_dtype(ids)
+        out = np.zeros((len(ids), n_fields), dtype=np.float32)
+        embed = self.model.backbone.get_input_embeddings()
+        for rows in self._batches(ids):
+            x, mask = pad_batch([ids[i] for i in rows], self.pad_id)
+            f, _ = pad_batch([fields[i].astype(np.int64) + 1 for i in rows], 0)  # 0: padding/special
+            x, mask, f = x.to(self.device), mask.to(self.device), f.to(self.device)
+            with torch.enable_grad(), _autocast(self.device, self.dtype):
+                e = embed(x).detach().float().requires_grad_(True)
+                self.model(x, mask, inputs_embeds=e)["default_logit"].float().sum().backward()
+            per_token = (e.grad * e).sum(-1).detach().float() * mask
+            per_field = torch.zeros(len(rows), n_fields + 1, device=self.device)
+            per_field.scatter_add_(1, f, per_token)
+            out[rows] = per_field[:, 1:].cpu().numpy()
+        return out
+
+
+def _as_arrays(col: pa.ListArray | pa.ChunkedArray | list | np.ndarray) -> list[np.ndarray]:
+    """list<int> Arrow column -> list of numpy arrays without a Python loop over values."""
+    if isinstance(col, (list, np.ndarray)):
+        return [np.asarray(x) for x in col]
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    offsets = col.offsets.to_numpy()
+    values = col.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+    return np.split(values, offsets[1:-1] - offsets[0]) if len(col) else []
