@@ -33,11 +33,19 @@ log() { printf '%s [submit_nightly] %s\n' "$(date '+%Y-%m-%dT%H:%M:%S%z')" "$*" 
 # ------------------------------------------------------------------ date and submission id
 DATE="${1:-${NIGHTSCORE_DATE:-}}"
 if [[ -z "$DATE" ]]; then
-  # GNU date, then BSD/macOS date.
-  DATE="$(date -d yesterday +%F 2>/dev/null || date -v-1d +%F)"
+  # Yesterday in this host's time zone; computed from today's noon so a DST change can
+  # never make "24 hours ago" land on the wrong day. GNU date, then BSD/macOS date.
+  today="$(date +%F)"
+  DATE="$(date -d "$today 12:00 1 day ago" +%F 2>/dev/null || date -j -v-1d -f %F "$today" +%F)"
 fi
 if ! [[ "$DATE" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$ ]]; then
   log "error: date '$DATE' is not YYYY-MM-DD"
+  exit 2
+fi
+
+if date -d 2000-01-01 +%F >/dev/null 2>&1 &&   # GNU date: also check it is a real day
+   [[ "$(date -d "$DATE" +%F 2>/dev/null || true)" != "$DATE" ]]; then
+  log "error: $DATE is not a calendar date"
   exit 2
 fi
 
@@ -141,9 +149,12 @@ case "$JOB_STATE" in
     log "$SUBMISSION_ID SUCCEEDED"
     exit 0 ;;
   FAILED)
-    if [[ "$JOB_EXIT" == "2" || "$JOB_EXIT" == "3" ]]; then
-      log "$SUBMISSION_ID FAILED with exit status $JOB_EXIT (2: bad config, 3: monitoring alert, outputs committed)"
-      exit "$JOB_EXIT"
+    if [[ "$JOB_EXIT" == "2" ]]; then
+      log "$SUBMISSION_ID FAILED with exit status 2: bad usage or config, nothing was scored"
+      exit 2
+    elif [[ "$JOB_EXIT" == "3" ]]; then
+      log "$SUBMISSION_ID exit status 3: MONITORING ALERT; scores were committed, read the report"
+      exit 3
     fi
     log "$SUBMISSION_ID FAILED${JOB_EXIT:+ with exit status $JOB_EXIT}"
     exit 1 ;;

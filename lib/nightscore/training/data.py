@@ -38,6 +38,7 @@ def encode(table: pa.Table, cfg: Config, tokenizer, product_ids: list[str]) -> p
     """Valid labelled rows -> input_ids + label columns used by the training loop."""
     labels = cfg.schema.labels
     cols: dict[str, pa.Array] = {
+        "customer_id": pc.cast(table.column(cfg.schema.id), pa.string()),
         "input_ids": tokenize(serialize(table, cfg.schema, cfg.serialize), tokenizer, cfg.model.max_length),
     }
     if labels.default:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from .. import metrics as M
@@ -27,6 +29,7 @@ from .ds_config import deepspeed_config
 
 EXPORT_DIR = "export"
 STATE_FILE = "train_state.json"
+VALID_PREDICTIONS = "valid_predictions.parquet"
 DS_TAG = "ds"
 
 
@@ -69,7 +72,7 @@ def consolidated_state_dict(engine, cfg: Config, n_products: int, rank: int) -> 
 def _collate(pad_id: int):
     def collate(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         ids, mask = pad_batch(batch["input_ids"], pad_id)
-        out = {"input_ids": ids, "attention_mask": mask}
+        out = {"input_ids": ids, "attention_mask": mask, "customer_id": batch["customer_id"]}
         for key in ("y_default", "has_default"):
             if key in batch:
                 out[key] = torch.as_tensor(batch[key])
@@ -100,6 +103,7 @@ def _evaluate(engine, shard, collate, device, batch_size: int) -> dict[str, np.n
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate):
             out = engine(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            parts.setdefault("id", []).append(np.asarray(batch["customer_id"], dtype=object))
             if "default_logit" in out:
                 parts.setdefault("logit", []).append(out["default_logit"].float().cpu().numpy())
                 parts.setdefault("y", []).append(batch["y_default"].numpy())
@@ -126,6 +130,21 @@ def epoch_metrics(preds: dict[str, np.ndarray], cfg: Config) -> tuple[dict[str, 
     if "prop" in preds:
         out.update(M.product_metrics(preds["rel"], preds["prop"], cfg.products.top_k))
     return out, calib
+
+
+def _fault_drill(marker: Path, rank: int, epoch: int, last_report: float) -> None:
+    """train.fail_at_epoch: this worker dies once, mid-run, to prove resume works.
+
+    Ray Train records a report when it next polls the workers (every 2 s). A worker that
+    dies sooner after a report loses that checkpoint and resumes from the one before; the
+    drill waits out one poll so its outcome is the same every time.
+    """
+    if marker.exists():
+        return
+    time.sleep(max(0.0, last_report + 5.0 - time.time()))
+    marker.write_text(f"worker {rank} killed at epoch {epoch}\n")
+    print(f"[train] fault drill: rank {rank} exits during epoch {epoch}", flush=True)
+    os._exit(1)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -160,13 +179,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
     )
 
-    state = {"epoch": 0, "best": None, "bad_epochs": 0, "resumed_at_epoch": None}
+    state = {"epoch": 0, "best": None, "bad_epochs": 0, "resumed_at_epochs": [], "history": []}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             engine.load_checkpoint(d, tag=DS_TAG)
             state = json.loads((Path(d) / STATE_FILE).read_text())
-        state["resumed_at_epoch"] = state["epoch"] + 1
+        state["resumed_at_epochs"].append(state["epoch"] + 1)
         if rank == 0:
             print(f"[train] resumed from checkpoint after epoch {state['epoch']}", flush=True)
 
@@ -174,6 +193,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     stop = False
+    last_report = time.time()
     for epoch in range(state["epoch"] + 1, t.epochs + 1):
         t0, seen, loss_sum, steps = time.time(), 0, 0.0, 0
         torch.manual_seed(t.seed * 1000 + epoch)
@@ -181,7 +201,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                                  local_shuffle_buffer_size=t.micro_batch * 8,
                                                  local_shuffle_seed=t.seed * 1000 + epoch)
         for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(device) for k, v in batch.items() if k != "customer_id"}
             out = engine(batch["input_ids"], batch["attention_mask"])
             loss = _loss(out, batch, cfg)
             engine.backward(loss)
@@ -189,13 +209,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             seen += batch["input_ids"].shape[0]
             loss_sum += float(loss)
             steps += 1
-            if t.fail_at_epoch == epoch and rank == min(1, world - 1) and steps == 2:
-                marker = Path(loop_config["fail_marker"])
-                if not marker.exists():
-                    marker.write_text(f"worker {rank} killed at epoch {epoch}\n")
-                    print(f"[train] fault drill: rank {rank} exits during epoch {epoch}", flush=True)
-                    os._exit(1)
         train_time = time.time() - t0
+        if t.fail_at_epoch == epoch and rank == min(1, world - 1):
+            _fault_drill(Path(loop_config["fail_marker"]), rank, epoch, last_report)
         preds = _evaluate(engine, valid_shard, collate, device, max(64, t.micro_batch * 4))
         m, calib = epoch_metrics(preds, cfg)
         total_seen = torch.tensor([seen], dtype=torch.float64)
@@ -203,8 +219,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         m.update({"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
                   "train_samples_per_s": float(total_seen.item()) / max(train_time, 1e-9),
                   "epoch_seconds": time.time() - t0})
-        if state["resumed_at_epoch"] is not None:
-            m["resumed_at_epoch"] = state["resumed_at_epoch"]
 
         score = m.get(t.early_stopping_metric, float("nan"))
         sign = 1 if t.early_stopping_mode == "max" else -1
@@ -215,6 +229,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state["bad_epochs"] += 1
         stop = state["bad_epochs"] >= t.patience
         state["epoch"] = epoch
+        state["history"].append(m)
 
         weights = consolidated_state_dict(engine, cfg, n_products, rank)
         with tempfile.TemporaryDirectory() as tmp:
@@ -225,12 +240,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 (Path(tmp) / EXPORT_DIR).mkdir()
                 save_file(weights, str(Path(tmp) / EXPORT_DIR / "weights.safetensors"))
                 (Path(tmp) / EXPORT_DIR / "calibration.json").write_text(json.dumps(calib))
+                if "logit" in preds:  # validation PDs by customer_id: the monitoring reference population
+                    has = preds["has"].astype(bool)
+                    pq.write_table(pa.table({"customer_id": pa.array(preds["id"][has].tolist(), pa.string()),
+                                             "pd_12m": calibration.apply(calib, preds["logit"][has])}),
+                                   str(Path(tmp) / EXPORT_DIR / VALID_PREDICTIONS))
                 (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
                 print("[train] epoch {epoch}/{n}  loss {loss:.4f}  {rate:.1f} samples/s  {mets}".format(
                     epoch=epoch, n=t.epochs, loss=m["train_loss"], rate=m["train_samples_per_s"],
                     mets="  ".join(f"{k} {v:.4f}" for k, v in m.items()
                                    if k.startswith(("default_", "recall", "ndcg", "map")))), flush=True)
             ray.train.report(m, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        last_report = time.time()
         if stop:
             if rank == 0:
                 print(f"[train] early stopping: {t.early_stopping_metric} did not improve for {t.patience} epochs",

