@@ -47,6 +47,20 @@ def s3_server():
             os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """One local Ray instance for the in-process end-to-end tests (4 logical CPUs on 2 cores).
+
+    Started after the S3 server so its workers inherit the same AWS environment a
+    production node would have.
+    """
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture()
 def s3_bucket(s3_server, request):
     """A fresh, empty bucket per test."""
@@ -73,3 +87,50 @@ def tiny_backbone(tmp_path_factory) -> str:
     BertModel(cfg).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return str(out)
+
+
+def scoring_config(tiny_backbone: str, *extra: str):
+    """local.yaml with the tiny backbone and deterministic fp32 inference."""
+    from nightscore.config import load_config
+
+    return load_config(LOCAL_CONFIG, [f"model.backbone={tiny_backbone}", "model.max_length=128",
+                                      "score.precision=fp32", *extra])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_backbone, tmp_path_factory) -> str:
+    """A model directory written by the real exporter, with random tiny weights (scoring needs no training)."""
+    import torch
+
+    from nightscore.model import store
+    from nightscore.model.network import CreditModel
+    from nightscore.suitability import load_catalog
+    from nightscore.training.trainer import catalog_yaml
+
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    from nightscore import synth
+    from nightscore.model.tokens import tokenize
+    from nightscore.monitoring import build_reference
+    from nightscore.scoring.inference import Predictor
+    from nightscore.serialize import serialize
+
+    cfg = scoring_config(tiny_backbone)
+    catalog = load_catalog(cfg.products.catalog)
+    torch.manual_seed(1)
+    net = CreditModel.build(tiny_backbone, "mean", len(catalog.ids), True)
+    root = tmp_path_factory.mktemp("model")
+    kwargs = dict(state_dict=net.state_dict(), base_backbone=tiny_backbone, tokenizer_dir=tiny_backbone,
+                  pooling="mean", product_ids=catalog.ids, calibration={"method": "platt", "a": 8.0, "b": -2.0},
+                  config=cfg, catalog_yaml=catalog_yaml(catalog), metrics={}, training={})
+    store.save(str(root / "draft"), **kwargs)
+    # the reference population, as training would build it: validation-like rows and their PDs
+    loaded = store.load(str(root / "draft"))
+    rows, _ = synth.generate(600, dt.date(2026, 10, 1), 99, catalog.ids)
+    pd = Predictor(loaded, precision="fp32").predict(
+        tokenize(serialize(rows, cfg.schema, cfg.serialize), loaded.tokenizer, cfg.model.max_length)).pd
+    pq.write_table(build_reference(rows, cfg.schema, pd), root / "reference.parquet")
+    store.save(str(root / "m"), reference=root / "reference.parquet", **kwargs)
+    return str(root / "m")

@@ -25,15 +25,6 @@ DATE = dt.date(2026, 11, 23)
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     table, _ = synth.generate(1200, DATE, 11, synth.catalog_product_ids("builtin:catalog.yaml"), labels=True)

@@ -51,7 +51,8 @@ class FeatureSpec(Strict):
 
 
 class LabelSpec(Strict):
-    default: str | None = None  # bool label: customer defaulted within the horizon
+    default: str | None = None  # label: customer defaulted within the horizon (bool, or see default_values)
+    default_values: list[str] | None = None  # a text label: the values that mean "defaulted", e.g. [bad]
     products: str | None = None  # list<string> label: products taken up
 
 
@@ -252,6 +253,29 @@ class MonitoringSpec(Strict):
         return self
 
 
+class NightlySpec(Strict):
+    """Where the nightly job reads and writes; the model is a URI or a pointer file naming one."""
+
+    snapshots: str  # root holding date=YYYY-MM-DD/ snapshot partitions
+    output: str  # scores/quarantine root
+    reports: str  # monitoring reports root
+    model: str | None = None  # model directory URI
+    model_pointer: str | None = None  # file whose content is the approved model's URI
+    timezone: str = "UTC"  # "yesterday" is computed in this zone
+
+    @model_validator(mode="after")
+    def _one_model(self) -> "NightlySpec":
+        if (self.model is None) == (self.model_pointer is None):
+            raise ValueError("set exactly one of model or model_pointer")
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {self.timezone!r}") from None
+        return self
+
+
 class Config(Strict):
     schema_: SchemaSpec = Field(alias="schema")
     serialize: SerializeSpec = SerializeSpec()
@@ -263,6 +287,7 @@ class Config(Strict):
     ray: RaySpec = RaySpec()
     storage: StorageSpec = StorageSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    nightly: NightlySpec | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

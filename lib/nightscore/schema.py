@@ -32,10 +32,22 @@ def required_columns(schema: SchemaSpec, with_labels: bool = False) -> dict[str,
 def label_columns(schema: SchemaSpec) -> dict[str, pa.DataType]:
     cols: dict[str, pa.DataType] = {}
     if schema.labels.default:
-        cols[schema.labels.default] = pa.bool_()
+        cols[schema.labels.default] = pa.string() if schema.labels.default_values else pa.bool_()
     if schema.labels.products:
         cols[schema.labels.products] = pa.list_(pa.string())
     return cols
+
+
+def default_label(table: pa.Table, schema: SchemaSpec) -> pa.Array:
+    """The default label as bool (null where unknown), whether stored as bool or as text values."""
+    import pyarrow.compute as pc
+
+    col = table.column(schema.labels.default)
+    if schema.labels.default_values:
+        col = pc.if_else(pc.is_null(col), pa.scalar(None, pa.bool_()),
+                         pc.is_in(col, value_set=pa.array(schema.labels.default_values, pa.string())))
+    col = pc.cast(col, pa.bool_())
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
 def model_features(schema: SchemaSpec) -> list[FeatureSpec]:

@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 
 from ..config import Config
 from ..model.tokens import tokenize, tokenizer_for
+from ..schema import default_label
 from ..serialize import serialize
 from ..validate import conform, split
 
@@ -42,9 +43,9 @@ def encode(table: pa.Table, cfg: Config, tokenizer, product_ids: list[str]) -> p
         "input_ids": tokenize(serialize(table, cfg.schema, cfg.serialize), tokenizer, cfg.model.max_length),
     }
     if labels.default:
-        y = table.column(labels.default)
-        cols["has_default"] = pc.is_valid(y).combine_chunks() if isinstance(y, pa.ChunkedArray) else pc.is_valid(y)
-        cols["y_default"] = pa.array(pc.fill_null(pc.cast(y, pa.float32()), 0.0).to_numpy(zero_copy_only=False))
+        y = default_label(table, cfg.schema)
+        cols["has_default"] = pc.is_valid(y)
+        cols["y_default"] = pc.fill_null(pc.cast(y, pa.float32()), 0.0)
     if labels.products:
         hot = multi_hot(pc.fill_null(table.column(labels.products), pa.scalar([], pa.list_(pa.string()))), product_ids)
         cols["y_products"] = pa.FixedSizeListArray.from_arrays(pa.array(hot.reshape(-1)), len(product_ids))

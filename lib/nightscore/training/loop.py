@@ -169,6 +169,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                   weight_decay=t.weight_decay)
     steps_per_epoch = max(1, math.ceil(loop_config["train_rows"] / (world * t.micro_batch * t.grad_accum)))
     total = steps_per_epoch * t.epochs
+    progress_every = max(1, steps_per_epoch * t.grad_accum // 10)
     warmup = max(1, int(t.warmup_fraction * total))
 
     def schedule(step: int) -> float:  # linear warm-up, then linear decay to 10 %
@@ -209,6 +210,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             seen += batch["input_ids"].shape[0]
             loss_sum += float(loss)
             steps += 1
+            if rank == 0 and steps % progress_every == 0:
+                print(f"[train] epoch {epoch} step {steps}/{steps_per_epoch * t.grad_accum}  "
+                      f"loss {loss_sum / steps:.4f}  {seen * world / (time.time() - t0):.1f} samples/s", flush=True)
         train_time = time.time() - t0
         if t.fail_at_epoch == epoch and rank == min(1, world - 1):
             _fault_drill(Path(loop_config["fail_marker"]), rank, epoch, last_report)

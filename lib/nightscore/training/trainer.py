@@ -99,14 +99,15 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
     tokenizer = tokenizer_for(backbone_dir)
     init_ray(cfg.ray)
 
-    prepared, input_rows = _read(train_uri, cfg, backbone_dir, catalog.ids, split_valid=valid_uri is None)
+    product_ids = catalog.ids if cfg.schema.labels.products else []  # no product labels: no product head
+    prepared, input_rows = _read(train_uri, cfg, backbone_dir, product_ids, split_valid=valid_uri is None)
     if valid_uri is None:
         train_ds = prepared.filter(expr="is_valid_split == False").drop_columns(["is_valid_split"]).materialize()
         valid_ds = prepared.filter(expr="is_valid_split == True").drop_columns(["is_valid_split"]).materialize()
         valid_input_rows = 0
     else:
         train_ds = prepared
-        valid_ds, valid_input_rows = _read(valid_uri, cfg, backbone_dir, catalog.ids, split_valid=False)
+        valid_ds, valid_input_rows = _read(valid_uri, cfg, backbone_dir, product_ids, split_valid=False)
     train_rows, valid_rows = train_ds.count(), valid_ds.count()
     quarantined = input_rows + valid_input_rows - train_rows - valid_rows
     print(f"[train] rows: {train_rows} train, {valid_rows} validation, {quarantined} quarantined", flush=True)
@@ -119,7 +120,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "config": cfg.to_dict(), "product_ids": catalog.ids, "train_rows": train_rows,
+            "config": cfg.to_dict(), "product_ids": product_ids, "train_rows": train_rows,
             "pad_id": tokenizer.pad_token_id or 0,
             "fail_marker": str(Path(storage_path).expanduser() / name / ".fault-drill-done"),
         },
@@ -159,7 +160,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         pq.write_table(reference_population(cfg, valid_uri or train_uri, valid_preds), reference)
     manifest = store.save(
         out_uri, state_dict=weights, base_backbone=backbone_dir, tokenizer_dir=backbone_dir,
-        pooling=cfg.model.pooling, product_ids=catalog.ids, calibration=calib, config=cfg,
+        pooling=cfg.model.pooling, product_ids=product_ids, calibration=calib, config=cfg,
         catalog_yaml=catalog_yaml(catalog), metrics={"best": best_metrics, "history": history},
         training={"train_uri": train_uri, "valid_uri": valid_uri, "input_rows": input_rows + valid_input_rows,
                   "train_rows": train_rows, "valid_rows": valid_rows, "quarantined_rows": quarantined,

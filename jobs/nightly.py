@@ -1,0 +1,37 @@
+"""The scheduled nightly run: score one snapshot date, then write the monitoring report.
+
+    python jobs/nightly.py --config jobs/configs/local.yaml [--date YYYY-MM-DD] [--force]
+
+Exit codes: 0 ok; 1 the run failed and nothing was committed; 2 bad usage or config;
+3 a monitoring alert (outputs were committed; read the report).
+"""
+from nightscore import cli
+from nightscore.nightly import run
+from nightscore.scoring.pipeline import InvariantError
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--date", type=cli.date_arg, help="snapshot date (default: yesterday in nightly.timezone)")
+    p.add_argument("--force", action="store_true", help="replace an already committed date (atomically)")
+    args, cfg = cli.parse(p)
+
+    with cli.clear_errors():
+        try:
+            record, report = run(cfg, args.date, force=args.force)
+        except InvariantError as exc:
+            cli.fail(str(exc), cli.EXIT_FAILED)
+
+    state = "already committed, not rescored" if record.get("skipped") else "committed"
+    print(f"[nightly] {record['snapshot_date']}: {state}: {record['scored_rows']} scored, "
+          f"{record['quarantined_rows']} quarantined (run {record['run_id']}, model {record['model_version']})")
+    print(f"[nightly] scores under {cfg.nightly.output.rstrip('/')}/date={record['snapshot_date']}/")
+    print(f"[nightly] report: {report['report_html']}  status: {report['status'].upper()}")
+    for alert in report["alerts"]:
+        print(f"[nightly]   {alert['level']}: {alert['metric']} = {alert['value']:.3f} (threshold {alert['threshold']})")
+    if report["status"] == "alert":
+        cli.fail("monitoring alert: outputs are committed; review the report before using them", cli.EXIT_ALERT)
+
+
+if __name__ == "__main__":
+    main()

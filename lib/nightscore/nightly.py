@@ -1,0 +1,107 @@
+"""The scheduled run: score yesterday's snapshot (idempotently), then write the monitoring report."""
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import zoneinfo
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from . import monitoring, partition, storage
+from .config import Config, ConfigError, NightlySpec
+from .model import store
+from .scoring.pipeline import resolve_input, run as score
+
+
+def default_date(spec: NightlySpec, now: dt.datetime | None = None) -> dt.date:
+    """Yesterday in the configured time zone (a 01:00 UTC run in Sydney is already 'today')."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return now.astimezone(zoneinfo.ZoneInfo(spec.timezone)).date() - dt.timedelta(days=1)
+
+
+def model_uri(spec: NightlySpec, cfg: Config) -> str:
+    """The model to use: configured directly, or named by the approved-model pointer file."""
+    if spec.model:
+        return spec.model
+    fs, path = storage.filesystem(spec.model_pointer, cfg.storage.s3)
+    if not storage.exists(fs, path):
+        raise store.ModelError(f"model pointer {spec.model_pointer} does not exist")
+    with fs.open_input_stream(path) as f:
+        target = f.read().decode().strip()
+    if not target:
+        raise store.ModelError(f"model pointer {spec.model_pointer} is empty")
+    return target
+
+
+def _history(fs: pafs.FileSystem, root: str, before: dt.date, n: int) -> list[dict[str, Any]]:
+    """Earlier reports (oldest first) for the trend plots."""
+    if not storage.exists(fs, root):
+        return []
+    dates = []
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        name = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if info.type == pafs.FileType.Directory and name.startswith("date="):
+            try:
+                d = dt.date.fromisoformat(name[5:])
+            except ValueError:
+                continue
+            if d < before and storage.exists(fs, f"{info.path}/report.json"):
+                dates.append(d)
+    return [storage.read_json(fs, storage.join(root, f"date={d}", "report.json")) for d in sorted(dates)[-n:]]
+
+
+def monitor(cfg: Config, date: dt.date, record: dict[str, Any], model: str) -> dict[str, Any]:
+    """Build and write the monitoring report of a committed date. Returns the report."""
+    spec = cfg.nightly
+    model_dir = store.fetch(model, cfg.storage.s3)
+    ref_path = model_dir / "reference.parquet"
+    if not ref_path.exists():
+        raise store.ModelError(f"model {model} has no reference.parquet; retrain it to enable monitoring")
+    reference = pq.read_table(ref_path)
+    scores = partition.read(spec.output, date, "scores", cfg.storage.s3)
+
+    in_fs, _, files = resolve_input(spec.snapshots, date, cfg.storage.s3)
+    wanted = [f.name for f in cfg.schema.features if f.name in reference.column_names]
+    wanted += [s.column for s in cfg.monitoring.sensitive if s.column not in wanted]
+    rows = pads.dataset(files, filesystem=in_fs, format="parquet").to_table(
+        columns=[cfg.schema.id, *wanted], filter=pc.field(cfg.schema.id).isin(scores.column("customer_id")))
+    at = pc.index_in(scores.column("customer_id"), value_set=pc.cast(rows.column(0), pa.string()))
+    features = rows.take(at).select(wanted)  # aligned to the scores by customer_id, never by position
+
+    rep_fs, rep_root = storage.filesystem(spec.reports, cfg.storage.s3)
+    report = monitoring.build_report(
+        date=date.isoformat(), scores=scores,
+        quarantine_rows=record["quarantined_rows"], input_rows=record["input_rows"], features=features,
+        reference=reference, schema=cfg.schema, spec=cfg.monitoring,
+        band_names=[b.name for b in cfg.scorecard.bands],
+        history=_history(rep_fs, rep_root, date, cfg.monitoring.history), scorecard=cfg.scorecard)
+    report["run_id"] = record["run_id"]
+    report["model_version"] = record["model_version"]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = monitoring.write_report(report, reference, scores.column("pd_12m").to_numpy(), Path(tmp))
+        for p in paths:
+            target = storage.join(rep_root, f"date={date}", p.name)
+            rep_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            with rep_fs.open_output_stream(target) as out:
+                out.write(p.read_bytes())
+    report["report_html"] = storage.to_uri(rep_fs, storage.join(rep_root, f"date={date}", "report.html"))
+    return report
+
+
+def run(cfg: Config, date: dt.date | None = None, force: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score then monitor one date; returns (manifest, report)."""
+    spec = cfg.nightly
+    if spec is None:
+        raise ConfigError("nightly: section is missing (snapshots, output, reports and model or model_pointer)")
+    date = date or default_date(spec)
+    model = model_uri(spec, cfg)
+    record = score(cfg, spec.snapshots, model, spec.output, date, force=force)
+    report = monitor(cfg, date, record, record.get("model_uri", model))  # the model that scored this date
+    return record, report
+

@@ -1,0 +1,187 @@
+"""End to end scoring with Ray Data inference actors, on local disk and S3, plus the commit protocol."""
+import datetime as dt
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import LOCAL_CONFIG, REPO, scoring_config
+from nightscore import partition, storage, synth
+from nightscore.config import load_config
+from nightscore.model import store
+from nightscore.scoring.pipeline import InvariantError, run
+from nightscore.suitability import inputs_from_table, load_catalog, rule_masks
+from nightscore.validate import InputFileError
+
+pytestmark = pytest.mark.slow
+DATE = dt.date(2026, 11, 24)
+N = 1500
+
+
+def make_cfg(tiny, *extra):
+    return scoring_config(tiny, "score.batch_size=128", "score.rows_per_file=1000", *extra)
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    root = tmp_path_factory.mktemp("snap")
+    table, _ = synth.generate(N, DATE, 21, synth.catalog_product_ids("builtin:catalog.yaml"))
+    table = synth.corrupt(table, load_config(LOCAL_CONFIG).schema, 0.03, seed=2)
+    part = root / f"date={DATE}"
+    part.mkdir()
+    pq.write_table(table.slice(0, 700), part / "part-0.parquet")
+    pq.write_table(table.slice(700), part / "part-1.parquet")
+    return str(root), table
+
+
+def check_outputs(out_uri, table, cfg):
+    fs, root = storage.filesystem(out_uri)
+    record = partition.manifest(fs, root, DATE)
+    scores = partition.read(out_uri, DATE, "scores")
+    quarantine = partition.read(out_uri, DATE, "quarantine")
+    assert record["input_rows"] == N == record["scored_rows"] + record["quarantined_rows"]
+    assert (scores.num_rows, quarantine.num_rows) == (record["scored_rows"], record["quarantined_rows"])
+    assert quarantine.num_rows > 0 and all(quarantine.column("reason").to_pylist())
+    # every input customer exactly once across scores and quarantine
+    scored = scores.column("customer_id").to_pylist()
+    assert len(scored) == len(set(scored))
+    in_ids = set(i for i in table.column("customer_id").to_pylist() if i)
+    q_ids = set(i for i in quarantine.column("customer_id").to_pylist() if i)
+    assert in_ids == set(scored) | q_ids and not set(scored) & q_ids
+    # schema, ranges, monotone score
+    assert scores.schema.names == ["customer_id", "snapshot_date", "pd_12m", "credit_score", "risk_band",
+                                   "reason_codes", "recommendations", "model_version", "run_id"]
+    pd_ = scores.column("pd_12m").to_numpy()
+    score = scores.column("credit_score").to_numpy()
+    assert ((pd_ > 0) & (pd_ < 1)).all() and ((score >= 300) & (score <= 850)).all()
+    order = np.argsort(pd_)
+    assert (np.diff(score[order]) <= 0).all()
+    assert set(scores.column("run_id").to_pylist()) == {record["run_id"]}
+    # reason codes exactly for band C or worse
+    bands = np.array(scores.column("risk_band").to_pylist())
+    has_reasons = np.array([len(r) > 0 for r in scores.column("reason_codes").to_pylist()])
+    assert not has_reasons[np.isin(bands, ["A", "B"])].any()
+    assert has_reasons[np.isin(bands, ["C", "D", "E"])].mean() > 0.9
+    check_recommendations(scores, table, cfg)
+    # no PII anywhere in outputs
+    blob = json.dumps(record) + str(scores.to_pylist()) + str(quarantine.to_pylist())
+    for col in cfg.schema.pii:
+        assert col not in quarantine.column_names
+        for v in table.column(col).to_pylist()[:300]:
+            assert v not in blob
+    return record
+
+
+def check_recommendations(scores, table, cfg):
+    """Every recommendation passes every suitability rule, at most k, never a held product."""
+    catalog = load_catalog(cfg.products.catalog)
+    rows = table.filter(pc.is_in(table.column("customer_id"), value_set=scores.column("customer_id")))
+    rows = rows.take(pc.index_in(scores.column("customer_id"), value_set=rows.column("customer_id")))
+    masks = rule_masks(catalog, cfg.products.suitability, credit_score=scores.column("credit_score").to_numpy(),
+                       **inputs_from_table(rows, cfg.products.suitability))
+    assert set(masks) == {"risk_tolerance", "complex_needs_experience", "credit_min_score",
+                          "vulnerable_protection", "age_bounds", "exclude_held"}
+    recs = scores.column("recommendations").to_pylist()
+    n_recs = 0
+    for i, items in enumerate(recs):
+        assert len(items) <= cfg.products.top_k
+        assert [r["rank"] for r in items] == list(range(1, len(items) + 1))
+        for r in items:
+            j = catalog.ids.index(r["product_id"])
+            assert all(m[i, j] for m in masks.values()), (i, r)
+            n_recs += 1
+    assert n_recs > 0
+
+
+def test_score_job_local_end_to_end(tiny_model_dir, snapshot, tiny_backbone, tmp_path):
+    root, table = snapshot
+    cfg = make_cfg(tiny_backbone)
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, str(REPO / "jobs" / "score.py"), "--input", root, "--model", tiny_model_dir, "--output", out,
+           "--date", str(DATE), f"model.backbone={tiny_backbone}", "score.precision=fp32", "score.batch_size=128"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"committed {out}/date={DATE}" in r.stdout
+    check_outputs(out, table, cfg)
+    log = r.stdout + r.stderr
+    for col in cfg.schema.pii:
+        for v in table.column(col).to_pylist()[:300]:
+            assert v not in log, f"PII value of {col} in the job log"
+    # rerunning a committed date is a no-op
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0 and "already committed" in r2.stdout
+
+
+def test_forced_rerun_replaces_atomically(ray_local, tiny_model_dir, snapshot, tiny_backbone, tmp_path):
+    root, table = snapshot
+    cfg = make_cfg(tiny_backbone)
+    out = str(tmp_path / "out")
+    first = run(cfg, root, tiny_model_dir, out, DATE)
+    again = run(cfg, root, tiny_model_dir, out, DATE)
+    assert again["skipped"] and again["run_id"] == first["run_id"]
+    forced = run(cfg, root, tiny_model_dir, out, DATE, force=True)
+    assert forced["run_id"] != first["run_id"]
+    runs = sorted(p.name for p in (tmp_path / "out" / f"date={DATE}").iterdir() if p.name.startswith("run="))
+    assert runs == [f"run={forced['run_id']}"]  # the superseded run's files are gone
+    check_outputs(out, table, cfg)
+
+
+def test_crash_before_commit_leaves_nothing_committed(ray_local, tiny_model_dir, snapshot, tiny_backbone, tmp_path):
+    root, _ = snapshot
+    cfg = make_cfg(tiny_backbone, "score.fail_before_commit=true")
+    out = str(tmp_path / "out")
+    with pytest.raises(InvariantError, match="before commit"):
+        run(cfg, root, tiny_model_dir, out, DATE)
+    fs, path = storage.filesystem(out)
+    assert partition.manifest(fs, path, DATE) is None
+    assert list((tmp_path / "out" / f"date={DATE}").glob("run=*/scores/*.parquet"))  # staged, not committed
+    with pytest.raises(storage.StorageError, match="no committed manifest"):
+        partition.read(out, DATE)
+
+
+def test_inference_actor_killed_mid_run_still_completes(ray_local, tiny_model_dir, snapshot, tiny_backbone, tmp_path):
+    root, table = snapshot
+    cfg = make_cfg(tiny_backbone, "score.kill_actor_after_batches=2", "score.batch_size=64")
+    record = run(cfg, root, tiny_model_dir, str(tmp_path / "out"), DATE)
+    assert record["scored_rows"] + record["quarantined_rows"] == N
+    check_outputs(str(tmp_path / "out"), table, cfg)
+
+
+def test_bad_file_fails_before_anything_is_written(ray_local, tiny_model_dir, snapshot, tiny_backbone, tmp_path):
+    _, table = snapshot
+    part = tmp_path / "bad" / f"date={DATE}"
+    part.mkdir(parents=True)
+    pq.write_table(table.slice(0, 100), part / "part-0.parquet")
+    pq.write_table(table.slice(100, 100).drop_columns(["annual_income"]), part / "part-1.parquet")
+    out = tmp_path / "out"
+    with pytest.raises(InputFileError, match=r"part-1\.parquet: missing required column\(s\) annual_income"):
+        run(make_cfg(tiny_backbone), str(tmp_path / "bad"), tiny_model_dir, str(out), DATE)
+    assert not out.exists()
+
+
+def test_tampered_model_fails_before_scoring(ray_local, tiny_model_dir, snapshot, tiny_backbone, tmp_path):
+    import shutil
+
+    bad = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, bad)
+    (bad / "calibration.json").write_text("{}")  # a file the manifest does not know
+    with pytest.raises(store.ModelError, match="not listed in the manifest"):
+        run(make_cfg(tiny_backbone), snapshot[0], str(bad), str(tmp_path / "out"), DATE)
+
+
+def test_s3_input_and_output(ray_local, tiny_model_dir, snapshot, tiny_backbone, s3_bucket):
+    root, table = snapshot
+    fs, path = storage.filesystem(f"s3://{s3_bucket}/snapshots")
+    for f in sorted((__import__("pathlib").Path(root) / f"date={DATE}").glob("*.parquet")):
+        storage.write_parquet(pq.read_table(f), fs, f"{path}/date={DATE}/{f.name}")
+    cfg = make_cfg(tiny_backbone)
+    out = f"s3://{s3_bucket}/scores"
+    record = run(cfg, f"s3://{s3_bucket}/snapshots", tiny_model_dir, out, DATE)
+    assert record["input_uri"] == f"s3://{s3_bucket}/snapshots/date={DATE}"
+    check_outputs(out, table, cfg)
+    assert run(cfg, f"s3://{s3_bucket}/snapshots", tiny_model_dir, out, DATE)["skipped"]
