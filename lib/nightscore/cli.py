@@ -14,13 +14,13 @@ from typing import Iterator
 
 from .config import Config, ConfigError, load_config
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "local.yaml"
 EXIT_FAILED, EXIT_USAGE, EXIT_ALERT = 1, 2, 3
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: jobs/configs/local.yaml)")
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default = Path(sys.argv[0]).resolve().parent / "configs" / "local.yaml"  # beside the job script, wherever it runs
+    p.add_argument("--config", default=str(default), help="YAML config (default: jobs/configs/local.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     return p
 

@@ -138,6 +138,7 @@ class ScorecardSpec(Strict):
             BandSpec(name="E", min_score=300),
         ]
     )
+    reason_codes: bool = True  # attributions cost about one backward pass per explained row
     reason_band: str = "C"  # reason codes for customers in this band or worse
     max_reasons: int = Field(default=4, ge=1)
 

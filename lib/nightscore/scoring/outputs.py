@@ -68,8 +68,8 @@ def scores_table(rows: pa.Table, *, cfg: Config, catalog: Catalog, product_index
 
 def explain_mask(pd: np.ndarray | None, cfg: Config) -> np.ndarray:
     """Rows whose band is at or below the configured reason band."""
-    if pd is None:
-        return np.zeros(0, dtype=bool)
+    if pd is None or not cfg.scorecard.reason_codes:
+        return np.zeros(0 if pd is None else len(pd), dtype=bool)
     _, band = credit(pd, cfg, len(pd))
     return needs_reasons(band, cfg.scorecard)
 
