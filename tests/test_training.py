@@ -7,6 +7,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from conftest import LOCAL_CONFIG
 from nightscore import synth
@@ -95,9 +97,12 @@ def test_lora_merges_into_plain_model(ray_local, labelled, tiny_backbone, tmp_pa
     train(cfg, labelled, None, str(out), storage_path=str(tmp_path / "runs"), run_name="lora")
     check_model_dir(out, cfg, labelled)
     loaded = store.load(str(out))
-    assert not any("lora" in k for k in loaded.model.state_dict())
-    base = store.load  # the merged weights differ from the random base where adapters were trained
-    assert base is not None
+    merged = loaded.model.backbone.state_dict()
+    assert not any("lora" in k for k in merged)
+    base = load_file(f"{tiny_backbone}/model.safetensors")
+    layer = "encoder.layer.0.attention.self"
+    assert not torch.equal(merged[f"{layer}.query.weight"], base[f"{layer}.query.weight"])  # adapter merged in
+    assert torch.equal(merged[f"{layer}.key.weight"], base[f"{layer}.key.weight"])  # untouched: frozen, no adapter
 
 
 def test_tampered_model_is_refused(ray_local, labelled, tiny_backbone, tmp_path):

@@ -260,24 +260,14 @@ def rule_masks(
     return masks
 
 
-def suitable_mask(
-    catalog: Catalog,
-    spec: SuitabilitySpec,
-    *,
-    credit_score: np.ndarray,
-    risk_tolerance: Column | None = None,
-    experience: Column | None = None,
-    vulnerable: Column | None = None,
-    age: Column | None = None,
-    held: Column | None = None,
-) -> np.ndarray:
-    """n x P bool: product j may be recommended to customer i (passes every active rule)."""
-    masks = rule_masks(
-        catalog, spec, credit_score=credit_score, risk_tolerance=risk_tolerance,
-        experience=experience, vulnerable=vulnerable, age=age, held=held,
-    )
+def suitable_mask(catalog: Catalog, spec: SuitabilitySpec, *, credit_score: np.ndarray,
+                  **inputs: Column | None) -> np.ndarray:
+    """n x P bool: product j may be recommended to customer i (passes every active rule).
+
+    Takes the same keyword inputs as `rule_masks`.
+    """
     out = np.ones((len(credit_score), len(catalog)), dtype=bool)
-    for mask in masks.values():
+    for mask in rule_masks(catalog, spec, credit_score=credit_score, **inputs).values():
         out &= mask
     return out
 

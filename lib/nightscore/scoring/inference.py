@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,8 @@ from ..model.store import LoadedModel
 class Predictions:
     pd: np.ndarray | None  # calibrated PD, or None for a product-only model
     propensity: np.ndarray | None  # (rows, model products), or None for a default-only model
+    explained: np.ndarray | None = None  # bool per row: attributions computed
+    contrib: np.ndarray | None = None  # (rows, fields): how much each field raised the default logit
 
 
 def choose_dtype(precision: str, device: torch.device, model: torch.nn.Module, sample: list[np.ndarray]) -> torch.dtype | None:
@@ -76,44 +79,50 @@ class Predictor:
         for start in range(0, len(ids), self.micro_batch):
             yield order[start:start + self.micro_batch]
 
-    def predict(self, input_ids: pa.ListArray | list[np.ndarray]) -> Predictions:
-        """Calibrated PD and product propensities for every row."""
+    def predict(self, input_ids: pa.ListArray | list[np.ndarray], token_field: pa.ListArray | None = None,
+                n_fields: int = 0, explain: Callable[[np.ndarray], np.ndarray] | None = None) -> Predictions:
+        """Calibrated PD and product propensities for every row.
+
+        With `explain` (calibrated PDs -> rows to explain) and `token_field`, the same forward
+        pass also yields per-field gradient x input attributions of the default logit for
+        those rows: one backward pass, no second forward.
+        """
         ids = _as_arrays(input_ids)
+        fields = _as_arrays(token_field) if explain is not None else None
         n = len(ids)
         self._ensure_dtype(ids)
         meta = self.loaded.meta
         logits = np.zeros(n, dtype=np.float64) if meta["default_head"] else None
         props = np.zeros((n, len(meta["product_ids"])), dtype=np.float32) if meta["product_ids"] else None
-        for rows in self._batches(ids):
-            x, mask = pad_batch([ids[i] for i in rows], self.pad_id)
-            with torch.no_grad(), _autocast(self.device, self.dtype):
-                out = self.model(x.to(self.device), mask.to(self.device))
-            if logits is not None:
-                logits[rows] = out["default_logit"].float().cpu().numpy()
-            if props is not None:
-                props[rows] = torch.sigmoid(out["product_logits"].float()).cpu().numpy()
-        pd = calibration.apply(meta["calibration"], logits) if logits is not None else None
-        return Predictions(pd=pd, propensity=props)
-
-    def explain(self, input_ids: pa.ListArray | list[np.ndarray], token_field: pa.ListArray | list[np.ndarray],
-                n_fields: int) -> np.ndarray:
-        """Per-field gradient x input of the default logit: (rows, fields), positive = raises PD."""
-        ids, fields = _as_arrays(input_ids), _as_arrays(token_field)
-        self._ensure_dtype(ids)
-        out = np.zeros((len(ids), n_fields), dtype=np.float32)
+        explained = np.zeros(n, dtype=bool) if fields is not None and logits is not None else None
+        contrib = np.zeros((n, n_fields), dtype=np.float32) if explained is not None else None
         embed = self.model.backbone.get_input_embeddings()
         for rows in self._batches(ids):
             x, mask = pad_batch([ids[i] for i in rows], self.pad_id)
-            f, _ = pad_batch([fields[i].astype(np.int64) + 1 for i in rows], 0)  # 0: padding/special
-            x, mask, f = x.to(self.device), mask.to(self.device), f.to(self.device)
-            with torch.enable_grad(), _autocast(self.device, self.dtype):
-                e = embed(x).detach().float().requires_grad_(True)
-                self.model(x, mask, inputs_embeds=e)["default_logit"].float().sum().backward()
-            per_token = (e.grad * e).sum(-1).detach().float() * mask
+            x, mask = x.to(self.device), mask.to(self.device)
+            with torch.set_grad_enabled(explained is not None), _autocast(self.device, self.dtype):
+                e = embed(x).detach().float().requires_grad_(True) if explained is not None else None
+                out = self.model(x, mask, inputs_embeds=e)
+            if props is not None:
+                props[rows] = torch.sigmoid(out["product_logits"].detach().float()).cpu().numpy()
+            if logits is None:
+                continue
+            batch_logits = out["default_logit"].float()
+            logits[rows] = batch_logits.detach().cpu().numpy()
+            if explained is None:
+                continue
+            flag = np.asarray(explain(calibration.apply(meta["calibration"], logits[rows])), dtype=bool)
+            if not flag.any():
+                continue
+            batch_logits[torch.from_numpy(flag).to(self.device)].sum().backward()
+            f, _ = pad_batch([fields[i].astype(np.int64) + 1 for i in rows], 0)  # 0: padding / special token
+            per_token = (e.grad * e.detach()).sum(-1) * mask
             per_field = torch.zeros(len(rows), n_fields + 1, device=self.device)
-            per_field.scatter_add_(1, f, per_token)
-            out[rows] = per_field[:, 1:].cpu().numpy()
-        return out
+            per_field.scatter_add_(1, f.to(self.device), per_token)
+            contrib[rows[flag]] = per_field[torch.from_numpy(flag).to(self.device), 1:].cpu().numpy()
+            explained[rows[flag]] = True
+        pd = calibration.apply(meta["calibration"], logits) if logits is not None else None
+        return Predictions(pd=pd, propensity=props, explained=explained, contrib=contrib)
 
 
 def _as_arrays(col: pa.ListArray | pa.ChunkedArray | list | np.ndarray) -> list[np.ndarray]:

@@ -66,16 +66,17 @@ def scores_table(rows: pa.Table, *, cfg: Config, catalog: Catalog, product_index
     }, schema=SCHEMA)
 
 
-def explain_mask(pd: np.ndarray | None, cfg: Config) -> np.ndarray:
-    """Rows whose band is at or below the configured reason band."""
-    if pd is None or not cfg.scorecard.reason_codes:
-        return np.zeros(0 if pd is None else len(pd), dtype=bool)
+def explain_mask(pd: np.ndarray, cfg: Config) -> np.ndarray:
+    """Rows whose band is at or below the configured reason band (none when reason codes are off)."""
+    if not cfg.scorecard.reason_codes:
+        return np.zeros(len(pd), dtype=bool)
     _, band = credit(pd, cfg, len(pd))
     return needs_reasons(band, cfg.scorecard)
 
 
-def reasons_for(contrib: np.ndarray, mask: np.ndarray, model_cfg: Config, cfg: Config) -> list[list[str]]:
+def reasons_for(preds, model_cfg: Config, cfg: Config, n: int) -> list[list[str]]:
+    """Reason codes for the rows the predictor explained; empty lists elsewhere."""
+    if preds.explained is None or not preds.explained.any():
+        return [[] for _ in range(n)]
     names, texts = reason_fields(model_cfg)
-    full = np.zeros((len(mask), len(names)), dtype=np.float32)
-    full[mask] = contrib
-    return reason_codes(full, names, texts, mask, cfg.scorecard.max_reasons)
+    return reason_codes(preds.contrib, names, texts, preds.explained, cfg.scorecard.max_reasons)

