@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from conftest import LOCAL_CONFIG, REPO
-from nightscore import synth
 from nightscore.config import load_config
 from nightscore.nightly import default_date, model_uri
 
@@ -25,7 +24,7 @@ def nightly(tmp_path, tiny_backbone, date, *extra):
 
 def test_nightly_scores_reports_and_alerts_on_drift(tmp_path, tiny_model_dir, tiny_backbone):
     make = [sys.executable, str(REPO / "jobs" / "make_snapshots.py"), "--out", str(tmp_path / "snap"),
-            "--customers", "1500", "--corrupt-fraction", "0.01"]
+            "--customers", "800", "--corrupt-fraction", "0.01"]
     subprocess.run(make + ["--date", str(DAY1), "--seed", "1"], check=True, capture_output=True)
     subprocess.run(make + ["--date", str(DAY2), "--seed", "2", "--drift", "1.0"], check=True, capture_output=True)
     pointer = tmp_path / "APPROVED"
@@ -34,7 +33,7 @@ def test_nightly_scores_reports_and_alerts_on_drift(tmp_path, tiny_model_dir, ti
     r1 = nightly(tmp_path, tiny_backbone, DAY1, f"nightly.model_pointer={pointer}", "nightly.model=null")
     assert r1.returncode == 0, r1.stderr[-3000:]
     report = json.loads((tmp_path / "reports" / f"date={DAY1}" / "report.json").read_text())
-    assert report["status"] in ("ok", "warn") and report["scored_rows"] + report["quarantined_rows"] == 1500
+    assert report["status"] in ("ok", "warn") and report["scored_rows"] + report["quarantined_rows"] == 800
     html = (tmp_path / "reports" / f"date={DAY1}" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "http" not in html
     assert (tmp_path / "scores" / f"date={DAY1}" / "_manifest.json").exists()

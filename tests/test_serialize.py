@@ -1,6 +1,5 @@
 import datetime as dt
 
-import numpy as np
 import pyarrow as pa
 import pytest
 

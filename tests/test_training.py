@@ -1,9 +1,7 @@
 """End to end: Ray Train + DeepSpeed on 2 CPU workers with a tiny BERT (ZeRO-2 with a fault, ZeRO-3, LoRA)."""
 import datetime as dt
 import json
-import shutil
 
-import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -81,7 +79,7 @@ def test_zero2_with_worker_failure_resumes_from_checkpoint(ray_local, labelled, 
 
 
 def test_zero3_exports_consolidated_weights(ray_local, labelled, tiny_backbone, tmp_path):
-    cfg = cfg_for(tiny_backbone, "train.zero_stage=3")
+    cfg = cfg_for(tiny_backbone, "train.zero_stage=3", "train.epochs=1")
     out = tmp_path / "model"
     train(cfg, labelled, None, str(out), storage_path=str(tmp_path / "runs"), run_name="z3")
     check_model_dir(out, cfg, labelled)
@@ -91,7 +89,7 @@ def test_zero3_exports_consolidated_weights(ray_local, labelled, tiny_backbone, 
 
 
 def test_lora_merges_into_plain_model(ray_local, labelled, tiny_backbone, tmp_path):
-    cfg = cfg_for(tiny_backbone, "train.zero_stage=2", "train.finetune=lora",
+    cfg = cfg_for(tiny_backbone, "train.zero_stage=2", "train.finetune=lora", "train.epochs=1",
                   "train.lora.target_modules=[query, value]", "train.lr=5e-3")
     out = tmp_path / "model"
     train(cfg, labelled, None, str(out), storage_path=str(tmp_path / "runs"), run_name="lora")
@@ -103,31 +101,6 @@ def test_lora_merges_into_plain_model(ray_local, labelled, tiny_backbone, tmp_pa
     layer = "encoder.layer.0.attention.self"
     assert not torch.equal(merged[f"{layer}.query.weight"], base[f"{layer}.query.weight"])  # adapter merged in
     assert torch.equal(merged[f"{layer}.key.weight"], base[f"{layer}.key.weight"])  # untouched: frozen, no adapter
-
-
-def test_tampered_model_is_refused(ray_local, labelled, tiny_backbone, tmp_path):
-    cfg = cfg_for(tiny_backbone, "train.epochs=1")
-    good = tmp_path / "model"
-    train(cfg, labelled, None, str(good), storage_path=str(tmp_path / "runs"), run_name="t")
-    store.load(str(good))
-
-    bad = tmp_path / "tampered"
-    shutil.copytree(good, bad)
-    data = bytearray((bad / "heads.safetensors").read_bytes())
-    data[-1] ^= 0xFF
-    (bad / "heads.safetensors").write_bytes(bytes(data))
-    with pytest.raises(store.ModelError, match="sha256 of heads.safetensors does not match"):
-        store.load(str(bad))
-
-    pickled = tmp_path / "pickled"
-    shutil.copytree(good, pickled)
-    (pickled / "backbone" / "pytorch_model.bin").write_bytes(b"\x80\x04")
-    with pytest.raises(store.ModelError, match="pickle-format files are not loaded"):
-        store.load(str(pickled))
-
-    (bad / "manifest.json").unlink()
-    with pytest.raises(store.ModelError, match="no manifest.json"):
-        store.load(str(bad))
 
 
 def test_config_must_match_labels(tiny_backbone, labelled, tmp_path):
