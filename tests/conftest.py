@@ -109,8 +109,6 @@ def tiny_model_dir(tiny_backbone, tmp_path_factory) -> str:
 
     import datetime as dt
 
-    import pyarrow.parquet as pq
-
     from nightscore import synth
     from nightscore.model.tokens import tokenize
     from nightscore.monitoring import build_reference
@@ -131,6 +129,5 @@ def tiny_model_dir(tiny_backbone, tmp_path_factory) -> str:
     rows, _ = synth.generate(600, dt.date(2026, 10, 1), 99, catalog.ids)
     pd = Predictor(loaded, precision="fp32").predict(
         tokenize(serialize(rows, cfg.schema, cfg.serialize), loaded.tokenizer, cfg.model.max_length)).pd
-    pq.write_table(build_reference(rows, cfg.schema, pd), root / "reference.parquet")
-    store.save(str(root / "m"), reference=root / "reference.parquet", **kwargs)
+    store.save(str(root / "m"), reference=build_reference(rows, cfg.schema, pd), **kwargs)
     return str(root / "m")

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from .config import MonitoringSpec, SchemaSpec, ScorecardSpec, SensitiveSpec
 from .scorecard import pd_to_score, score_to_band
@@ -343,6 +344,7 @@ def _plot_pd(ref_pd: np.ndarray, cur_pd: np.ndarray, report: dict[str, Any]) -> 
             if len(values):
                 ax.hist(np.clip(values, lo, hi), bins=edges, weights=np.full(len(values), 1 / len(values)), **kwargs)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log range
         ax.legend()
     else:
         _no_data(ax)

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -124,7 +126,7 @@ def verify(root: Path) -> dict[str, Any]:
 def save(out_uri: str, *, state_dict: dict[str, torch.Tensor], base_backbone: str, tokenizer_dir: str,
          pooling: str, product_ids: list[str], calibration: dict[str, Any] | None, config: Config,
          catalog_yaml: str, metrics: dict[str, Any], training: dict[str, Any],
-         reference: Path | None = None, s3: S3Spec | None = None) -> dict[str, Any]:
+         reference: pa.Table | None = None, s3: S3Spec | None = None) -> dict[str, Any]:
     """Write a complete model directory to `out_uri` (local or s3://); manifest last."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -157,8 +159,8 @@ def save(out_uri: str, *, state_dict: dict[str, torch.Tensor], base_backbone: st
         (root / "catalog.yaml").write_text(catalog_yaml)
         (root / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         (root / "training.json").write_text(json.dumps(training, indent=2, default=str))
-        if reference is not None:
-            (root / "reference.parquet").write_bytes(reference.read_bytes())
+        if reference is not None:  # monitoring's reference population (features + PDs, no ids or PII)
+            pq.write_table(reference, root / "reference.parquet")
         manifest = write_manifest(root, {"version": version, "created": now.isoformat(),
                                          "weights_sha256": weights_sha})
         upload_dir(root, out_uri, s3)

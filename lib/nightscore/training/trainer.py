@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -153,11 +152,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         calib = json.loads((Path(d) / EXPORT_DIR / "calibration.json").read_text())
         preds_path = Path(d) / EXPORT_DIR / VALID_PREDICTIONS
         valid_preds = pq.read_table(preds_path) if preds_path.exists() else None
-    reference_dir = tempfile.mkdtemp(prefix="nightscore-reference-")
-    reference = None
-    if valid_preds is not None:
-        reference = Path(reference_dir) / "reference.parquet"
-        pq.write_table(reference_population(cfg, valid_uri or train_uri, valid_preds), reference)
+    reference = reference_population(cfg, valid_uri or train_uri, valid_preds) if valid_preds is not None else None
     manifest = store.save(
         out_uri, state_dict=weights, base_backbone=backbone_dir, tokenizer_dir=backbone_dir,
         pooling=cfg.model.pooling, product_ids=product_ids, calibration=calib, config=cfg,
