@@ -22,6 +22,7 @@ from .schema import required_columns
 from .serialize import scrub
 
 REASON = "reason"
+PATH_COLUMN = "path"  # added by ray.data.read_parquet(include_paths=True)
 
 
 class InputFileError(Exception):
@@ -32,6 +33,13 @@ class InputFileError(Exception):
 class Split:
     valid: pa.Table
     quarantine: pa.Table
+
+
+def batch_source(batch: pa.Table) -> str:
+    """The file(s) a Ray Data batch came from, for error messages."""
+    if PATH_COLUMN not in batch.column_names:
+        return "input"
+    return ",".join(sorted(set(batch.column(PATH_COLUMN).to_pylist())))
 
 
 def conform(table: pa.Table, schema: SchemaSpec, source: str, with_labels: bool = False) -> pa.Table:

@@ -31,23 +31,18 @@ from ..model.tokens import tokenize_with_fields, tokenizer_for
 from ..serialize import field_spans, serialize
 from ..suitability import load_catalog
 from ..schema import model_features
-from ..validate import conform, preflight, split
+from ..validate import PATH_COLUMN, batch_source, conform, preflight, split
 
-PATH_COLUMN = "path"
 
 
 class InvariantError(Exception):
     """Outputs failed a pre-commit check; nothing was committed."""
 
 
-def _source(batch: pa.Table) -> str:
-    return ",".join(sorted(set(batch.column(PATH_COLUMN).to_pylist()))) if PATH_COLUMN in batch.column_names else "input"
-
-
 def valid_rows(batch: pa.Table, cfg: Config, model_cfg: Config, tokenizer_dir: str, date: dt.date,
                duplicate_ids: pa.Array) -> pa.Table:
     """Validated rows, with the model's text as token ids and each token's field index."""
-    table = conform(batch, cfg.schema, _source(batch))
+    table = conform(batch, cfg.schema, batch_source(batch))
     valid = split(table, cfg.schema, date, duplicate_ids).valid
     ids, fields = tokenize_with_fields(serialize(valid, model_cfg.schema, model_cfg.serialize),
                                        field_spans(valid, model_cfg.schema, model_cfg.serialize),
@@ -57,7 +52,7 @@ def valid_rows(batch: pa.Table, cfg: Config, model_cfg: Config, tokenizer_dir: s
 
 
 def quarantined_rows(batch: pa.Table, cfg: Config, date: dt.date, duplicate_ids: pa.Array) -> pa.Table:
-    table = conform(batch, cfg.schema, _source(batch))
+    table = conform(batch, cfg.schema, batch_source(batch))
     return split(table.drop_columns([PATH_COLUMN]) if PATH_COLUMN in table.column_names else table,
                  cfg.schema, date, duplicate_ids).quarantine
 

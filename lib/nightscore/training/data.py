@@ -10,9 +10,8 @@ from ..config import Config
 from ..model.tokens import tokenize, tokenizer_for
 from ..schema import default_label
 from ..serialize import serialize
-from ..validate import conform, split
+from ..validate import batch_source, conform, split
 
-PATH_COLUMN = "path"  # added by ray.data.read_parquet(include_paths=True)
 
 
 def in_validation(ids: pa.Array | pa.ChunkedArray, fraction: float) -> np.ndarray:
@@ -58,8 +57,7 @@ def prepare_batch(batch: pa.Table, cfg: Config, tokenizer_dir: str, product_ids:
 
     Adds `is_valid_split` when the validation split is taken from the same data.
     """
-    source = ",".join(sorted(set(batch.column(PATH_COLUMN).to_pylist()))) if PATH_COLUMN in batch.column_names else "input"
-    table = conform(batch, cfg.schema, source, with_labels=True)
+    table = conform(batch, cfg.schema, batch_source(batch), with_labels=True)
     valid = split(table, cfg.schema, None, duplicate_ids).valid
     out = encode(valid, cfg, tokenizer_for(tokenizer_dir), product_ids)
     if split_valid:
