@@ -1,7 +1,7 @@
 """Scoring throughput: end-to-end Ray Data pipeline vs the same model's raw in-process rows/s on the
 same texts; model FLOP utilisation against this machine's measured GEMM peak; peak RSS at N and 4N.
 
-    python bench/bench_score.py --model MODEL_DIR --rows 400 [key.path=value ...]
+    python bench/bench_score.py --model MODEL_DIR --rows 4000 [--rss-rows 1000] [--spark] [key.path=value ...]
 """
 import argparse
 import datetime as dt
@@ -84,16 +84,74 @@ def snapshot(root: Path, n: int, seed: int, cfg):
     return table
 
 
+def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: int, out_dir: str) -> float:
+    """The peer: Spark local mode, the same model in a pandas_udf (loaded once per task), the same
+    library code for text and inference, one task per core with one torch thread each."""
+    import os
+    import sys
+    from typing import Iterator
+
+    import pandas as pd
+    import pyarrow as pa
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import pandas_udf
+
+    from nightscore.schema import model_features
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    feats = [f.name for f in model_features(cfg.schema)]
+    micro_batch = cfg.score.micro_batch
+
+    @pandas_udf("double")
+    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+        loaded = store.load(model_dir)
+        mcfg = loaded.config
+        predictor = Predictor(loaded, precision="fp32", micro_batch=micro_batch, threads=1)
+        for frame in batches:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            ids = tokenize(serialize(table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
+            yield pd.Series(predictor.predict(ids).pd)
+
+    t0 = time.perf_counter()
+    spark = (SparkSession.builder.master(f"local[{cores}]").appName("nightscore-bench")
+             .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+             .config("spark.ui.enabled", "false").config("spark.driver.memory", "4g")
+             .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.score.batch_size))
+             .getOrCreate())
+    df = spark.read.parquet(snapshot_dir).repartition(cores)
+    df.select(cfg.schema.id, score(F.struct(*feats)).alias("pd_12m")).write.mode("overwrite").parquet(out_dir)
+    elapsed = time.perf_counter() - t0
+    written = spark.read.parquet(out_dir).count()
+    spark.stop()
+    assert written == rows, (written, rows)
+    return rows / elapsed
+
+
+def e2e(cfg, snapshot_dir: str, model: str, out_dir: str, rows: int) -> tuple[float, float]:
+    """(rows/s, peak RSS MB) of the scoring job's pipeline, Ray start-up included."""
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        record = run(cfg, snapshot_dir, model, out_dir, DATE)
+    assert record["scored_rows"] == rows, record
+    return rows / (time.perf_counter() - t0), mem.peak / 2**20
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
-    p.add_argument("--rows", type=int, default=400)
+    p.add_argument("--rows", type=int, default=400, help="N: rows for raw, end-to-end and Spark throughput")
+    p.add_argument("--rss-rows", type=int, default=0, help="M: peak RSS at M and 4M rows (default N / 4)")
+    p.add_argument("--spark", action="store_true", help="also time Spark local mode (pip install pyspark)")
+    p.add_argument("--with-reasons", action="store_true", help="also time end-to-end with reason codes on")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    cfg = load_config(CONFIG, args.overrides)
+    m = args.rss_rows or max(100, args.rows // 4)
+    cfg = load_config(CONFIG, ["scorecard.reason_codes=false", *args.overrides])
     loaded = store.load(args.model)
     mcfg = loaded.config
-    out: dict[str, object] = {"rows": args.rows, "cpu_threads": torch.get_num_threads()}
+    out: dict[str, object] = {"rows": args.rows, "cpu_threads": torch.get_num_threads(),
+                              "layout": f"{cfg.score.num_actors} actor(s) x {cfg.score.cpus_per_actor} CPU"}
     with tempfile.TemporaryDirectory() as tmp:
         table = snapshot(Path(tmp) / "n", args.rows, 1, cfg)
         ids = tokenize(serialize(table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
@@ -104,27 +162,28 @@ def main() -> None:
         predictor.predict(ids)
         raw = args.rows / (time.perf_counter() - t0)
         out.update(raw_rows_per_s=raw, mean_tokens=seq, precision=str(predictor.dtype or "fp32"))
+        del predictor
         peak32, peak16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
         achieved = raw * seq * model_flops_per_token(loaded.model, seq)
         out.update(gemm_peak_fp32_gflops=peak32 / 1e9, gemm_peak_bf16_gflops=peak16 / 1e9,
                    model_gflops=achieved / 1e9, mfu_vs_fp32_peak=achieved / peak32,
                    mfu_vs_bf16_peak=achieved / peak16)
 
-        for label, extra in (("e2e_no_reasons", ["scorecard.reason_codes=false"]), ("e2e_with_reasons", [])):
-            c = load_config(CONFIG, [*args.overrides, *extra])
-            t0 = time.perf_counter()
-            with PeakRSS() as mem:
-                record = run(c, f"{tmp}/n", args.model, f"{tmp}/out-{label}", DATE)
-            out[f"{label}_rows_per_s"] = args.rows / (time.perf_counter() - t0)
-            out[f"{label}_peak_rss_mb"] = mem.peak / 2**20
-            assert record["scored_rows"] == args.rows
-        snapshot(Path(tmp) / "n4", 4 * args.rows, 2, cfg)
-        c = load_config(CONFIG, [*args.overrides, "scorecard.reason_codes=false"])
-        with PeakRSS() as mem:
-            run(c, f"{tmp}/n4", args.model, f"{tmp}/out-4n", DATE)
-        out["e2e_no_reasons_4n_peak_rss_mb"] = mem.peak / 2**20
-    out["e2e_vs_raw"] = out["e2e_no_reasons_rows_per_s"] / raw
-    out["rss_4n_over_n"] = out["e2e_no_reasons_4n_peak_rss_mb"] / out["e2e_no_reasons_peak_rss_mb"]
+        out["e2e_rows_per_s"], out["e2e_peak_rss_mb"] = e2e(cfg, f"{tmp}/n", args.model, f"{tmp}/out", args.rows)
+        out["e2e_vs_raw"] = out["e2e_rows_per_s"] / raw
+        if args.with_reasons:
+            c = load_config(CONFIG, args.overrides)
+            out["e2e_with_reasons_rows_per_s"], _ = e2e(c, f"{tmp}/n", args.model, f"{tmp}/out-r", args.rows)
+        for label, rows in (("m", m), ("4m", 4 * m)):
+            snapshot(Path(tmp) / label, rows, 2, cfg)
+            _, out[f"peak_rss_mb_{label}_{rows}_rows"] = e2e(cfg, f"{tmp}/{label}", args.model, f"{tmp}/out-{label}", rows)
+        out["rss_4m_over_m"] = out[f"peak_rss_mb_4m_{4 * m}_rows"] / out[f"peak_rss_mb_m_{m}_rows"]
+        if args.spark:
+            import ray
+
+            ray.shutdown()  # Spark gets the machine to itself, as Ray had
+            out["spark_rows_per_s"] = spark_rows_per_s(f"{tmp}/n", args.model, cfg, args.rows, 2, f"{tmp}/spark-out")
+            out["e2e_vs_spark"] = out["e2e_rows_per_s"] / out["spark_rows_per_s"]
     print(json.dumps(out, indent=2))
 
 

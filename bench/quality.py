@@ -14,44 +14,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
-from sklearn.compose import ColumnTransformer
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from nightscore import metrics as M
 from nightscore.config import load_config
 from nightscore.evaluation import evaluate
-from nightscore.schema import default_label, model_features
+from nightscore.schema import default_label
 from nightscore.training.trainer import train
+
+import baselines
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "jobs" / "configs" / "german_credit.yaml"
 DATE = dt.date(2026, 11, 23)
-
-
-def baselines(train_t: pa.Table, test_t: pa.Table, cfg) -> dict[str, np.ndarray]:
-    feats = model_features(cfg.schema)
-    num = [f.name for f in feats if f.kind == "numeric"]
-    cat = [f.name for f in feats if f.kind != "numeric"]
-    Xtr, Xte = train_t.select(num + cat).to_pandas(), test_t.select(num + cat).to_pandas()
-    ytr = default_label(train_t, cfg.schema).to_numpy(zero_copy_only=False).astype(int)
-    lr = make_pipeline(ColumnTransformer([("num", StandardScaler(), num),
-                                          ("cat", OneHotEncoder(handle_unknown="ignore"), cat)]),
-                       LogisticRegression(max_iter=2000, C=0.5))
-    lr.fit(Xtr, ytr)
-    for c in cat:
-        Xtr[c] = Xtr[c].astype("category")
-        Xte[c] = Xte[c].astype(Xtr[c].dtype)
-    gbm = lgb.LGBMClassifier(n_estimators=300, learning_rate=0.03, num_leaves=8, min_child_samples=20,
-                             subsample=0.8, subsample_freq=1, colsample_bytree=0.8, random_state=0, verbose=-1)
-    gbm.fit(Xtr, ytr)
-    return {"logistic regression": lr.predict_proba(Xte)[:, 1], "LightGBM": gbm.predict_proba(Xte)[:, 1]}
 
 
 def main() -> None:
@@ -73,7 +50,7 @@ def main() -> None:
             for name, t in (("train", train_t), ("test", test_t)):
                 Path(f"{tmp}/f{k}/{name}/date={DATE}").mkdir(parents=True)
                 pq.write_table(t, f"{tmp}/f{k}/{name}/date={DATE}/part-0.parquet")
-            for name, pd_ in baselines(train_t, test_t, cfg).items():
+            for name, pd_ in baselines.fit_predict(train_t, test_t, cfg, y[tr]).items():
                 results.setdefault(name, []).append((M.auc(y[te], pd_), M.ks(y[te], pd_)))
             train(cfg, f"{tmp}/f{k}/train", None, f"{tmp}/f{k}/model", storage_path=f"{tmp}/runs", run_name=f"f{k}")
             res, _ = evaluate(cfg, f"{tmp}/f{k}/model", f"{tmp}/f{k}/test")

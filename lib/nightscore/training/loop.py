@@ -197,11 +197,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     last_report = time.time()
     for epoch in range(state["epoch"] + 1, t.epochs + 1):
         t0, seen, loss_sum, steps = time.time(), 0, 0.0, 0
+        waited, warm = 0.0, None  # time blocked on input; (time, rows) at the end of the first optimizer step
         torch.manual_seed(t.seed * 1000 + epoch)
         batches = train_shard.iter_torch_batches(batch_size=t.micro_batch, collate_fn=collate,
                                                  local_shuffle_buffer_size=t.micro_batch * 8,
                                                  local_shuffle_seed=t.seed * 1000 + epoch)
+        mark = time.time()
         for batch in batches:
+            waited += time.time() - mark
             batch = {k: v.to(device) for k, v in batch.items() if k != "customer_id"}
             out = engine(batch["input_ids"], batch["attention_mask"])
             loss = _loss(out, batch, cfg)
@@ -210,6 +213,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             seen += batch["input_ids"].shape[0]
             loss_sum += float(loss)
             steps += 1
+            if warm is None and steps == t.grad_accum:
+                warm = (time.time(), seen)
+            mark = time.time()
             if rank == 0 and steps % progress_every == 0:
                 print(f"[train] epoch {epoch} step {steps}/{steps_per_epoch * t.grad_accum}  "
                       f"loss {loss_sum / steps:.4f}  {seen * world / (time.time() - t0):.1f} samples/s", flush=True)
@@ -218,10 +224,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             _fault_drill(Path(loop_config["fail_marker"]), rank, epoch, last_report)
         preds = _evaluate(engine, valid_shard, collate, device, max(64, t.micro_batch * 4))
         m, calib = epoch_metrics(preds, cfg)
-        total_seen = torch.tensor([seen], dtype=torch.float64)
-        dist.all_reduce(total_seen)
+        warm_time, warm_seen = warm or (t0, 0)
+        totals = torch.tensor([seen, seen - warm_seen], dtype=torch.float64)
+        dist.all_reduce(totals)
         m.update({"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
-                  "train_samples_per_s": float(total_seen.item()) / max(train_time, 1e-9),
+                  "train_samples_per_s": float(totals[0]) / max(train_time, 1e-9),
+                  # after the first optimizer step: without the one-off start of the input stream
+                  "steady_samples_per_s": float(totals[1]) / max(t0 + train_time - warm_time, 1e-9),
+                  "data_wait_fraction": waited / max(train_time, 1e-9),
                   "epoch_seconds": time.time() - t0})
 
         score = m.get(t.early_stopping_metric, float("nan"))
@@ -250,8 +260,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                              "pd_12m": calibration.apply(calib, preds["logit"][has])}),
                                    str(Path(tmp) / EXPORT_DIR / VALID_PREDICTIONS))
                 (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
-                print("[train] epoch {epoch}/{n}  loss {loss:.4f}  {rate:.1f} samples/s  {mets}".format(
+                print("[train] epoch {epoch}/{n}  loss {loss:.4f}  {rate:.1f} samples/s  input wait {wait:.0%}  {mets}".format(
                     epoch=epoch, n=t.epochs, loss=m["train_loss"], rate=m["train_samples_per_s"],
+                    wait=m["data_wait_fraction"],
                     mets="  ".join(f"{k} {v:.4f}" for k, v in m.items()
                                    if k.startswith(("default_", "recall", "ndcg", "map")))), flush=True)
             ray.train.report(m, checkpoint=ray.train.Checkpoint.from_directory(tmp))
