@@ -96,6 +96,7 @@ def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: i
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.types import DoubleType
 
     from nightscore.schema import model_features
 
@@ -103,7 +104,7 @@ def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: i
     feats = [f.name for f in model_features(cfg.schema)]
     micro_batch = cfg.score.micro_batch
 
-    @pandas_udf("double")
+    @pandas_udf(DoubleType())
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
         loaded = store.load(model_dir)
         mcfg = loaded.config
