@@ -61,6 +61,8 @@ def check_model_dir(out, cfg, data):
     metrics = json.loads((out / "metrics.json").read_text())
     best = metrics["best"]
     assert 0.0 <= best["default_auc"] <= 1.0 and "ndcg@5" in best
+    assert best["train_samples_per_s"] > 0 and best["steady_samples_per_s"] > 0
+    assert 0.0 <= best["data_wait_fraction"] < 1.0
     # the exported (consolidated) weights reproduce what the workers measured in memory
     assert validation_auc(str(out), data, cfg) == pytest.approx(best["default_auc"], abs=2e-3)
     return metrics

@@ -33,11 +33,22 @@ VALID_PREDICTIONS = "valid_predictions.parquet"
 DS_TAG = "ds"
 
 
-def build_model(cfg: Config, n_products: int) -> CreditModel:
-    """Backbone + heads, with LoRA adapters on the backbone when configured."""
+def build_model(cfg: Config, n_products: int, ds_config: dict[str, Any] | None = None) -> CreditModel:
+    """Backbone + heads, with LoRA adapters on the backbone when configured.
+
+    Under full fine-tuning with ZeRO-3 (`ds_config` given), the backbone's weights are
+    partitioned across ranks as they load (HfDeepSpeedConfig before from_pretrained), so no
+    rank ever holds the whole backbone.
+    """
     labels = cfg.schema.labels
+    partitioned = None
+    if ds_config and ds_config["zero_optimization"]["stage"] == 3 and cfg.train.finetune == "full":
+        from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+        partitioned = HfDeepSpeedConfig(ds_config)  # transformers holds only a weak reference
     model = CreditModel.build(resolve_backbone(cfg.model.backbone, cfg.storage.s3), cfg.model.pooling,
                               n_products if labels.products else 0, labels.default is not None)
+    del partitioned  # later models (the LoRA export copy) load whole again
     if cfg.train.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -162,7 +173,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(t.seed)
     n_products = len(loop_config["product_ids"])
 
-    model = build_model(cfg, n_products)
+    ds_config = deepspeed_config(t, world)
+    deepspeed.init_distributed()  # adopt Ray Train's process group before ZeRO-3 partitions weights on load
+    model = build_model(cfg, n_products, ds_config)
     head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
     body_params = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": body_params, "lr": t.lr}, {"params": head_params, "lr": t.head_lr}],
@@ -176,7 +189,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         return min((step + 1) / warmup, max(0.1, 1 - (step - warmup) / max(1, total - warmup)))
 
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(t, world),
+        model=model, optimizer=optimizer, config=ds_config,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
     )
 
