@@ -27,7 +27,7 @@ class Predictions:
     contrib: np.ndarray | None = None  # (rows, fields): how much each field raised the default logit
 
 
-PROBE_ROWS = 8  # enough to tell a ~6x speed difference; a full micro-batch in slow bf16 cost ~25 s per actor
+PROBE_ROWS = 8  # enough to tell a ~6x speed difference; a full micro-batch in slow bf16 cost ~20 s per actor
 
 
 def choose_dtype(precision: str, device: torch.device, model: torch.nn.Module, sample: list[np.ndarray]) -> torch.dtype | None:
