@@ -151,7 +151,11 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     m = args.rss_rows or max(100, args.rows // 4)
-    cfg = load_config(CONFIG, ["scorecard.reason_codes=false", *args.overrides])
+
+    def config(*extra: str, reasons: bool = False):
+        return load_config(CONFIG, [*([] if reasons else ["scorecard.reason_codes=false"]), *args.overrides, *extra])
+
+    cfg = config()
     loaded = store.load(args.model)
     mcfg = loaded.config
     out: dict[str, object] = {"rows": args.rows, "cpu_threads": torch.get_num_threads(),
@@ -179,13 +183,12 @@ def main() -> None:
         out["e2e_rows_per_s"], out["e2e_peak_rss_mb"] = e2e(cfg, f"{tmp}/n", args.model, f"{tmp}/out", args.rows)
         out["e2e_vs_raw"] = out["e2e_rows_per_s"] / raw
         for name, extra in layouts.items():
-            c = load_config(CONFIG, ["scorecard.reason_codes=false", *args.overrides, *extra])
+            c = config(*extra)
             if c.score != cfg.score:
                 out[f"e2e_{name}_rows_per_s"], _ = e2e(c, f"{tmp}/n", args.model, f"{tmp}/out-{len(out)}", args.rows)
                 out[f"e2e_{name}_vs_raw"] = out[f"e2e_{name}_rows_per_s"] / raw
         if args.with_reasons:
-            c = load_config(CONFIG, args.overrides)
-            out["e2e_with_reasons_rows_per_s"], _ = e2e(c, f"{tmp}/n", args.model, f"{tmp}/out-r", args.rows)
+            out["e2e_with_reasons_rows_per_s"], _ = e2e(config(reasons=True), f"{tmp}/n", args.model, f"{tmp}/out-r", args.rows)
         seconds = {}
         for label, rows in (("m", m), ("4m", 4 * m)):
             snapshot(Path(tmp) / label, rows, 2, cfg)

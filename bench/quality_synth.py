@@ -33,6 +33,7 @@ from nightscore.training.trainer import train
 
 import baselines
 
+ORACLE = "oracle (generator's true PD / propensities)"
 CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "local.yaml"
 DATE = dt.date(2026, 10, 31)
 
@@ -69,9 +70,8 @@ def main() -> None:
     rel = multi_hot(test_t.column("products_acquired_90d"), product_ids)
     held = multi_hot(test_t.column("products_held"), product_ids) > 0
 
-    pd_by: dict[str, np.ndarray] = {"oracle (generator's true PD / propensities)": truth.column("true_pd").to_numpy()}
-    prop_by: dict[str, np.ndarray] = {
-        "oracle (generator's true PD / propensities)": np.stack([truth.column(f"p_{p}").to_numpy() for p in product_ids], 1)}
+    pd_by: dict[str, np.ndarray] = {ORACLE: truth.column("true_pd").to_numpy()}
+    prop_by: dict[str, np.ndarray] = {ORACLE: np.stack([truth.column(f"p_{p}").to_numpy() for p in product_ids], 1)}
     t0 = time.time()
     default_base = baselines.fit_predict(fit_rows.filter(pa.array(labelled)), test_t, cfg,
                                          y_fit.filter(pa.array(labelled)).to_numpy(zero_copy_only=False).astype(int))
@@ -98,7 +98,7 @@ def main() -> None:
         prop = np.where(held, -1.0, prop_by[name])
         rows[name] = {"auc": M.auc(y_test, pd_by[name][known]), "ks": M.ks(y_test, pd_by[name][known]),
                       **M.product_metrics(rel, prop, k)}
-    oracle = rows["oracle (generator's true PD / propensities)"]
+    oracle = rows[ORACLE]
     result = {"train_rows": fit_rows.num_rows, "validation_rows": train_t.num_rows - fit_rows.num_rows,
               "test_rows": test_t.num_rows, "test_default_rate": float(y_test.mean()), "train_seconds": train_s,
               "nightscore_validation": summary["best"], "models": rows}
