@@ -95,9 +95,8 @@ def main() -> None:
 
     rows = {}
     for name in pd_by:
-        prop = np.where(held, -1.0, prop_by[name])
         rows[name] = {"auc": M.auc(y_test, pd_by[name][known]), "ks": M.ks(y_test, pd_by[name][known]),
-                      **M.product_metrics(rel, prop, k)}
+                      **M.product_metrics(rel, prop_by[name], k, held)}
     oracle = rows[ORACLE]
     result = {"train_rows": fit_rows.num_rows, "validation_rows": train_t.num_rows - fit_rows.num_rows,
               "test_rows": test_t.num_rows, "test_default_rate": float(y_test.mean()), "train_seconds": train_s,

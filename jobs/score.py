@@ -28,6 +28,7 @@ def main() -> None:
         return
     print(f"[score] committed {where}: {record['scored_rows']} scored, {record['quarantined_rows']} quarantined "
           f"of {record['input_rows']} rows ({record['rows_per_s']} rows/s), model {record['model_version']}")
+    print("[score] seconds: " + ", ".join(f"{k} {v:g}" for k, v in record["phase_seconds"].items()))
 
 
 if __name__ == "__main__":

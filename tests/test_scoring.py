@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -13,9 +14,9 @@ from conftest import LOCAL_CONFIG, REPO, scoring_config
 from nightscore import partition, storage, synth
 from nightscore.config import load_config
 from nightscore.model import store
-from nightscore.scoring.pipeline import InvariantError, run
+from nightscore.scoring.pipeline import InvariantError, run, write_quarantine
 from nightscore.suitability import inputs_from_table, load_catalog, rule_masks
-from nightscore.validate import InputFileError
+from nightscore.validate import InputFileError, conform, preflight, split
 
 pytestmark = pytest.mark.slow
 DATE = dt.date(2026, 11, 24)
@@ -44,6 +45,7 @@ def check_outputs(out_uri, table, cfg):
     scores = partition.read(out_uri, DATE, "scores")
     quarantine = partition.read(out_uri, DATE, "quarantine")
     assert record["input_rows"] == N == record["scored_rows"] + record["quarantined_rows"]
+    assert set(record["phase_seconds"]) == {"verify_and_preflight", "ray_start", "scoring", "checks"}
     assert (scores.num_rows, quarantine.num_rows) == (record["scored_rows"], record["quarantined_rows"])
     assert quarantine.num_rows > 0 and all(quarantine.column("reason").to_pylist())
     # every input customer exactly once across scores and quarantine
@@ -184,3 +186,26 @@ def test_s3_input_and_output(ray_local, tiny_model_dir, snapshot, tiny_backbone,
     assert record["input_uri"] == f"s3://{s3_bucket}/snapshots/date={DATE}"
     check_outputs(out, table, cfg)
     assert run(cfg, f"s3://{s3_bucket}/snapshots", tiny_model_dir, out, DATE)["skipped"]
+
+
+def test_quarantine_streams_one_file_per_input_file(tmp_path):
+    """Input files may differ in their extra columns; each file's bad rows land in their own file."""
+    cfg = load_config(LOCAL_CONFIG, ["score.prep_batch_size=100"])
+    table, _ = synth.generate(400, DATE, 5, synth.catalog_product_ids("builtin:catalog.yaml"))
+    table = synth.corrupt(table, cfg.schema, 0.1, seed=4)
+    files = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    pq.write_table(table.slice(0, 200), files[0])
+    pq.write_table(table.slice(200).append_column("campaign", pa.array(["spring"] * 200)), files[1])
+    fs, _ = storage.filesystem(str(tmp_path))
+    dups = preflight(fs, files, cfg.schema)
+    write_quarantine(fs, files, cfg, DATE, dups, fs, str(tmp_path / "q"))
+
+    written = sorted((tmp_path / "q").iterdir())
+    assert [p.name for p in written] == ["part-00000.parquet", "part-00001.parquet"]
+    for path, source in zip(written, files):
+        got = pq.read_table(path)
+        expected = split(conform(pq.read_table(source), cfg.schema, source), cfg.schema, DATE, dups).quarantine
+        assert got.num_rows == expected.num_rows > 0
+        assert got.column("customer_id").to_pylist() == expected.column("customer_id").to_pylist()
+        assert not set(cfg.schema.pii) & set(got.column_names)
+    assert "campaign" in pq.read_schema(written[1]).names

@@ -201,7 +201,8 @@ class ScoreSpec(Strict):
     num_actors: int = Field(default=1, ge=1)
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    batch_size: int = Field(default=256, ge=1)  # rows per actor call (sorted by length inside)
+    # rows per actor call, sorted by length inside: 1024 pads ~1.5 % extra tokens, 256 ~5 %
+    batch_size: int = Field(default=1024, ge=1)
     micro_batch: int = Field(default=64, ge=1)  # rows per forward pass
     prep_batch_size: int = Field(default=4096, ge=1)  # rows per validation/tokenisation task
     precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto: measure both on this hardware

@@ -25,7 +25,7 @@ from .model.tokens import tokenize
 from .schema import default_label
 from .scorecard import pd_to_score
 from .serialize import serialize
-from .training.data import multi_hot
+from .training.data import held_column, multi_hot, product_lists
 from .validate import conform, preflight, split
 
 
@@ -66,9 +66,11 @@ def evaluate(cfg: Config, model_uri: str, data_uri: str) -> tuple[dict[str, Any]
         result["calibration"] = M.calibration_table(y, pd_)
         arrays.update(y=y, pd=pd_, score=pd_to_score(pd_, cfg.scorecard))
     if labels.products and preds.propensity is not None:
-        rel = multi_hot(pc.fill_null(rows.column(labels.products), pa.scalar([], pa.list_(pa.string()))),
-                        loaded.meta["product_ids"])
-        result.update(M.product_metrics(rel, preds.propensity, cfg.products.top_k))
+        ids = loaded.meta["product_ids"]
+        held_col = held_column(mcfg)
+        held = multi_hot(product_lists(rows, held_col), ids) if held_col else None
+        result.update(M.product_metrics(multi_hot(product_lists(rows, labels.products), ids), preds.propensity,
+                                        cfg.products.top_k, held))
     return result, arrays
 
 

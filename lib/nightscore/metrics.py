@@ -87,12 +87,16 @@ def default_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
-def product_metrics(relevant: np.ndarray, score: np.ndarray, k: int) -> dict[str, float]:
+def product_metrics(relevant: np.ndarray, score: np.ndarray, k: int,
+                    held: np.ndarray | None = None) -> dict[str, float]:
     """recall@k, NDCG@k and MAP@k over customers with at least one relevant product.
 
-    relevant: (n, P) 0/1 matrix of products taken up; score: (n, P) predicted propensities.
+    relevant: (n, P) 0/1 matrix of products taken up; score: (n, P) predicted propensities;
+    held: (n, P) 0/1 matrix of products already held, ranked last (they are never recommended).
     """
     relevant = np.asarray(relevant) > 0.5
+    if held is not None:
+        score = np.where(np.asarray(held) > 0.5, -np.inf, np.asarray(score, dtype=np.float64))
     keep = relevant.any(axis=1)
     if not keep.any():
         return {f"recall@{k}": float("nan"), f"ndcg@{k}": float("nan"), f"map@{k}": float("nan")}

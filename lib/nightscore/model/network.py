@@ -5,6 +5,8 @@ mean- or CLS-pooled; decoder backbones are pooled on the last real token.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -29,6 +31,23 @@ class CreditModel(nn.Module):
         else:
             backbone = AutoModel.from_config(AutoConfig.from_pretrained(backbone_dir, trust_remote_code=False))
         return cls(backbone, pooling, n_products, default_head)
+
+    def init_priors(self, default_rate: float | None, product_rates: list[float] | None) -> None:
+        """Start each head's bias at the log-odds of its label's base rate.
+
+        Take-up and default are rare (1-5 %); from a zero bias the first few hundred
+        optimizer steps only walk the biases down, and each product's walks at the same
+        pace, so the ranking across products starts out wrong and learns slowly.
+        """
+        def logit(rate: float) -> float:
+            rate = min(max(rate, 1e-4), 1 - 1e-4)
+            return math.log(rate / (1 - rate))
+
+        with torch.no_grad():
+            if self.default_head is not None and default_rate is not None:
+                self.default_head.bias.fill_(logit(default_rate))
+            if self.product_head is not None and product_rates is not None:
+                self.product_head.bias.copy_(torch.tensor([logit(r) for r in product_rates]))
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":

@@ -1,11 +1,12 @@
 """One snapshot date -> committed scores + quarantine partition, streamed with Ray Data.
 
-    read_parquet ─ validate ─┬─ valid rows ─ serialise + tokenise ─ inference actors ─ write scores
-                             └─ quarantined rows ───────────────────────────────────── write quarantine
+    read_parquet ─ validate ─ valid rows ─ serialise + tokenise ─ inference actors ─ write scores
+    (driver thread, meanwhile) read ─ validate ─ quarantined rows ─────────────────── write quarantine
 
-Both branches re-read and re-validate the input rather than materialise it: validation
-runs at ~10⁶ rows/s, the model at ~10² on a CPU, so the second pass is free and memory
-stays flat whatever the input size. Writes go to this run's own folder; the manifest
+The quarantine branch re-reads and re-validates the input in a thread of this process
+while the actors score: validation runs at ~10⁶ rows/s and the model at ~10² per core,
+so it finishes long before the scores do, costs no Ray task or worker start, and memory
+stays flat (one batch at a time). Writes go to this run's own folder; the manifest
 commits (see `partition`).
 """
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ from ..model.tokens import tokenize_with_fields, tokenizer_for
 from ..serialize import field_spans, serialize
 from ..suitability import load_catalog
 from ..schema import model_features
-from ..validate import PATH_COLUMN, batch_source, conform, preflight, split
+from ..validate import batch_source, conform, preflight, split
 
 
 
@@ -51,10 +54,26 @@ def valid_rows(batch: pa.Table, cfg: Config, model_cfg: Config, tokenizer_dir: s
     return valid.select(keep).append_column("input_ids", ids).append_column("token_field", fields)
 
 
-def quarantined_rows(batch: pa.Table, cfg: Config, date: dt.date, duplicate_ids: pa.Array) -> pa.Table:
-    table = conform(batch, cfg.schema, batch_source(batch))
-    return split(table.drop_columns([PATH_COLUMN]) if PATH_COLUMN in table.column_names else table,
-                 cfg.schema, date, duplicate_ids).quarantine
+def write_quarantine(in_fs, files: list[str], cfg: Config, date: dt.date, duplicate_ids: pa.Array,
+                     out_fs, folder: str) -> None:
+    """Quarantined rows of every input file, streamed batch by batch into one file per input
+    file that has any (files may differ in their extra columns, so they never share one)."""
+    for i, path in enumerate(files):
+        writer = None
+        try:
+            for batch in pq.ParquetFile(path, filesystem=in_fs).iter_batches(batch_size=cfg.score.prep_batch_size):
+                table = conform(pa.Table.from_batches([batch]), cfg.schema, path)
+                bad = split(table, cfg.schema, date, duplicate_ids).quarantine
+                if bad.num_rows == 0:
+                    continue
+                if writer is None:
+                    out_fs.create_dir(folder, recursive=True)
+                    writer = pq.ParquetWriter(storage.join(folder, f"part-{i:05d}.parquet"), bad.schema,
+                                              filesystem=out_fs, compression="zstd")
+                writer.write_table(bad)
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def _carried_columns(cfg: Config) -> list[str]:
@@ -128,6 +147,13 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
     if existing and not force:
         return {**existing, "skipped": True}
 
+    clock = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        phases[name], clock = round(time.perf_counter() - clock, 2), time.perf_counter()
+
     model_dir = store.fetch(model_uri, cfg.storage.s3)  # verify hashes before any work
     loaded_meta = store.load_meta(model_dir)
     model_cfg = store.load_config(model_dir)
@@ -141,33 +167,40 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
 
     run_id = f"{date:%Y%m%d}-{started:%H%M%S}-{uuid.uuid4().hex[:8]}"
     staging = partition.run_dir(out_root, date, run_id)
+    lap("verify_and_preflight")
     init_ray(cfg.ray)
+    lap("ray_start")
     s = cfg.score
     tokenizer_dir = str(model_dir / store.BACKBONE_DIR)
 
-    def read():
-        return ray.data.read_parquet(files, filesystem=in_fs, include_paths=True)
-
-    read().map_batches(
-        quarantined_rows, batch_format="pyarrow", batch_size=s.prep_batch_size,
-        fn_kwargs=dict(cfg=cfg, date=date, duplicate_ids=dups),
-    ).write_parquet(storage.join(staging, "quarantine"), filesystem=out_fs, min_rows_per_file=s.rows_per_file)
-
+    quarantine = ThreadPoolExecutor(1, thread_name_prefix="quarantine").submit(
+        write_quarantine, in_fs, files, cfg, date, dups, out_fs, storage.join(staging, "quarantine"))
     drill = (str(Path(tempfile.gettempdir()) / f"nightscore-fault-drill-{run_id}")
              if s.kill_actor_after_batches is not None else None)
-    read().map_batches(
-        valid_rows, batch_format="pyarrow", batch_size=s.prep_batch_size,
-        fn_kwargs=dict(cfg=cfg, model_cfg=model_cfg, tokenizer_dir=tokenizer_dir, date=date, duplicate_ids=dups),
-    ).map_batches(
-        ScoringActor, batch_format="pyarrow", batch_size=s.batch_size,
-        fn_constructor_kwargs=dict(model_uri=str(model_dir) if not storage.is_s3(model_uri) else model_uri,
-                                   cfg=cfg.to_dict(), run_id=run_id, fail_marker=drill),
-        compute=ray.data.ActorPoolStrategy(size=s.num_actors),
-        num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None,
-        max_restarts=-1, max_task_retries=-1,
-    ).write_parquet(storage.join(staging, "scores"), filesystem=out_fs, min_rows_per_file=s.rows_per_file)
-
+    # Blocks of about one actor call each (prepared rows hold ~6 bytes per token): actors
+    # start on the first rows prepared, and each actor has work even when the snapshot is a
+    # few small files, which Ray Data would otherwise read as one block.
+    data_ctx = ray.data.DataContext.get_current()
+    block_bytes, data_ctx.target_max_block_size = data_ctx.target_max_block_size, max(
+        1 << 20, s.batch_size * model_cfg.model.max_length * 6)
+    try:
+        ray.data.read_parquet(files, filesystem=in_fs, include_paths=True).map_batches(
+            valid_rows, batch_format="pyarrow", batch_size=s.prep_batch_size,
+            fn_kwargs=dict(cfg=cfg, model_cfg=model_cfg, tokenizer_dir=tokenizer_dir, date=date, duplicate_ids=dups),
+        ).map_batches(
+            ScoringActor, batch_format="pyarrow", batch_size=s.batch_size,
+            fn_constructor_kwargs=dict(model_uri=str(model_dir) if not storage.is_s3(model_uri) else model_uri,
+                                       cfg=cfg.to_dict(), run_id=run_id, fail_marker=drill),
+            compute=ray.data.ActorPoolStrategy(size=s.num_actors),
+            num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None,
+            max_restarts=-1, max_task_retries=-1,
+        ).write_parquet(storage.join(staging, "scores"), filesystem=out_fs, min_rows_per_file=s.rows_per_file)
+    finally:
+        data_ctx.target_max_block_size = block_bytes
+        quarantine.result()  # its error, if any, is raised here; nothing is committed either way
+    lap("scoring")
     record = _check(out_fs, staging, in_fs, files, cfg, input_rows)
+    lap("checks")
     finished = dt.datetime.now(dt.timezone.utc)
     record.update({
         "run_id": run_id, "snapshot_date": date.isoformat(), "input_uri": storage.to_uri(in_fs, in_path),
@@ -175,6 +208,7 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
         "model_weights_sha256": loaded_meta["weights_sha256"], "config_hash": cfg.digest(),
         "code_version": code_version(), "started_at": started.isoformat(), "finished_at": finished.isoformat(),
         "rows_per_s": round(input_rows / max((finished - started).total_seconds(), 1e-9), 2),
+        "phase_seconds": phases,
     })
     if s.fail_before_commit:
         raise InvariantError("fault drill: stopping before commit (score.fail_before_commit)")

@@ -46,9 +46,30 @@ def encode(table: pa.Table, cfg: Config, tokenizer, product_ids: list[str]) -> p
         cols["has_default"] = pc.is_valid(y)
         cols["y_default"] = pc.fill_null(pc.cast(y, pa.float32()), 0.0)
     if labels.products:
-        hot = multi_hot(pc.fill_null(table.column(labels.products), pa.scalar([], pa.list_(pa.string()))), product_ids)
-        cols["y_products"] = pa.FixedSizeListArray.from_arrays(pa.array(hot.reshape(-1)), len(product_ids))
+        cols["y_products"] = _matrix(product_lists(table, labels.products), product_ids)
+        if held := held_column(cfg):
+            cols["held_products"] = _matrix(product_lists(table, held), product_ids)
     return pa.table(cols)
+
+
+def held_column(cfg: Config) -> str | None:
+    """The held-products column when held products are excluded from recommendations.
+
+    Such products are never recommended, so they neither train the product head nor count
+    in ranking metrics.
+    """
+    s = cfg.products.suitability
+    return s.columns.held if s.exclude_held else None
+
+
+def product_lists(table: pa.Table, column: str) -> pa.ChunkedArray:
+    """A list<string> column of product ids with nulls read as empty lists."""
+    return pc.fill_null(table.column(column), pa.scalar([], pa.list_(pa.string())))
+
+
+def _matrix(lists: pa.ChunkedArray, product_ids: list[str]) -> pa.FixedSizeListArray:
+    hot = multi_hot(lists, product_ids)
+    return pa.FixedSizeListArray.from_arrays(pa.array(hot.reshape(-1)), len(product_ids))
 
 
 def prepare_batch(batch: pa.Table, cfg: Config, tokenizer_dir: str, product_ids: list[str],

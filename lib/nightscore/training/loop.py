@@ -87,8 +87,9 @@ def _collate(pad_id: int):
         for key in ("y_default", "has_default"):
             if key in batch:
                 out[key] = torch.as_tensor(batch[key])
-        if "y_products" in batch:
-            out["y_products"] = torch.as_tensor(np.stack(batch["y_products"]))
+        for key in ("y_products", "held_products"):
+            if key in batch:
+                out[key] = torch.as_tensor(np.stack(batch[key]))
         return out
     return collate
 
@@ -101,7 +102,13 @@ def _loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: Con
         per_row = bce(out["default_logit"].float(), batch["y_default"].float(), reduction="none")
         loss = loss + cfg.train.default_loss_weight * (per_row * w).sum() / w.sum().clamp(min=1.0)
     if "product_logits" in out:
-        loss = loss + cfg.train.product_loss_weight * bce(out["product_logits"].float(), batch["y_products"].float())
+        # mean over the products a customer could still take up (held ones are never
+        # recommended, so they teach the head nothing); averaged like this, the product task
+        # weighs as much as the default task whatever the catalog's size
+        per_product = bce(out["product_logits"].float(), batch["y_products"].float(), reduction="none")
+        eligible = 1.0 - batch["held_products"].float() if "held_products" in batch else torch.ones_like(per_product)
+        per_row = (per_product * eligible).sum(dim=1) / eligible.sum(dim=1).clamp(min=1.0)
+        loss = loss + cfg.train.product_loss_weight * per_row.mean()
     return loss
 
 
@@ -122,6 +129,8 @@ def _evaluate(engine, shard, collate, device, batch_size: int) -> dict[str, np.n
             if "product_logits" in out:
                 parts.setdefault("prop", []).append(torch.sigmoid(out["product_logits"].float()).cpu().numpy())
                 parts.setdefault("rel", []).append(batch["y_products"].numpy())
+                if "held_products" in batch:
+                    parts.setdefault("held", []).append(batch["held_products"].numpy())
     engine.train()
     local = {k: np.concatenate(v) for k, v in parts.items()}
     gathered: list[Any] = [None] * dist.get_world_size()
@@ -139,7 +148,7 @@ def epoch_metrics(preds: dict[str, np.ndarray], cfg: Config) -> tuple[dict[str, 
         calib = calibration.fit(cfg.train.calibration, logit, y)
         out.update(M.default_metrics(y, calibration.apply(calib, logit)))
     if "prop" in preds:
-        out.update(M.product_metrics(preds["rel"], preds["prop"], cfg.products.top_k))
+        out.update(M.product_metrics(preds["rel"], preds["prop"], cfg.products.top_k, preds.get("held")))
     return out, calib
 
 
@@ -176,6 +185,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ds_config = deepspeed_config(t, world)
     deepspeed.init_distributed()  # adopt Ray Train's process group before ZeRO-3 partitions weights on load
     model = build_model(cfg, n_products, ds_config)
+    model.init_priors(**loop_config["priors"])
     head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
     body_params = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": body_params, "lr": t.lr}, {"params": head_params, "lr": t.head_lr}],

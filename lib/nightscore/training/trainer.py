@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -38,6 +39,28 @@ def _read(uri: str, cfg: Config, tokenizer_dir: str, product_ids: list[str], spl
                        duplicate_ids=dups, split_valid=split_valid),
     ).materialize()
     return ds, input_rows
+
+
+def label_priors(ds, cfg: Config) -> dict[str, Any]:
+    """Base rates the heads start from: default rate over labelled rows, and each product's
+    take-up rate among customers who do not already hold it."""
+    labels = cfg.schema.labels
+    cols = [c for c in ("y_default", "has_default", "y_products", "held_products") if c in ds.columns()]
+    sums: dict[str, np.ndarray] = {}
+    for b in ds.select_columns(cols).iter_batches(batch_size=4096, batch_format="numpy"):
+        if labels.default:
+            has = b["has_default"].astype(bool)
+            sums["bad"] = sums.get("bad", 0) + b["y_default"][has].sum()
+            sums["labelled"] = sums.get("labelled", 0) + has.sum()
+        if labels.products:
+            y = np.stack(b["y_products"])
+            eligible = 1.0 - np.stack(b["held_products"]) if "held_products" in b else np.ones_like(y)
+            sums["taken"] = sums.get("taken", 0) + (y * eligible).sum(axis=0)
+            sums["eligible"] = sums.get("eligible", 0) + eligible.sum(axis=0)
+    return {
+        "default_rate": float(sums["bad"] / max(sums["labelled"], 1)) if labels.default else None,
+        "product_rates": (sums["taken"] / np.maximum(sums["eligible"], 1)).tolist() if labels.products else None,
+    }
 
 
 def reference_population(cfg: Config, uri: str, preds: pa.Table) -> pa.Table:
@@ -120,7 +143,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.to_dict(), "product_ids": product_ids, "train_rows": train_rows,
-            "pad_id": tokenizer.pad_token_id or 0,
+            "pad_id": tokenizer.pad_token_id or 0, "priors": label_priors(train_ds, cfg),
             "fail_marker": str(Path(storage_path).expanduser() / name / ".fault-drill-done"),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,

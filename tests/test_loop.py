@@ -1,0 +1,54 @@
+"""Training objective pieces: product loss over eligible products, heads started at base rates."""
+import pyarrow as pa
+import pytest
+import torch
+
+from conftest import LOCAL_CONFIG
+from nightscore.config import load_config
+from nightscore.model.network import CreditModel
+from nightscore.training.loop import _loss
+from nightscore.training.trainer import label_priors
+
+CFG = load_config(LOCAL_CONFIG)
+
+
+def batch(held):
+    return {"y_default": torch.tensor([0.0, 1.0]), "has_default": torch.tensor([True, False]),
+            "y_products": torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]),
+            "held_products": torch.tensor(held)}
+
+
+def test_held_products_do_not_train_the_product_head():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.1, -0.2]])
+    out = {"default_logit": torch.tensor([-1.0, 5.0]), "product_logits": logits}
+    held = [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    base = _loss(out, batch(held), CFG)
+    moved = logits.clone()
+    moved[0, 0], moved[1, 2] = -9.0, 9.0  # only held cells change
+    assert _loss({**out, "product_logits": moved}, batch(held), CFG) == pytest.approx(float(base))
+    # the unlabelled row's default logit is ignored; the product loss averages over eligible products
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = bce(torch.tensor(-1.0), torch.tensor(0.0)) + (
+        bce(logits[0, 1:], torch.tensor([1.0, 0.0])) + bce(logits[1, :2], torch.zeros(2))) / 2
+    assert float(base) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_heads_start_at_base_rates(tiny_backbone):
+    model = CreditModel.build(tiny_backbone, "mean", 3, True, pretrained=False)
+    model.init_priors(0.04, [0.01, 0.2, 0.0])
+    assert torch.sigmoid(model.default_head.bias).item() == pytest.approx(0.04, rel=1e-5)
+    assert torch.sigmoid(model.product_head.bias).tolist() == pytest.approx([0.01, 0.2, 1e-4], rel=1e-4)
+
+
+def test_label_priors_count_only_eligible_products(ray_local):
+    import ray.data
+
+    rows = pa.table({
+        "y_default": pa.array([0.0, 1.0, 0.0, 0.0], pa.float32()),
+        "has_default": [True, True, True, False],
+        "y_products": pa.FixedSizeListArray.from_arrays(pa.array([1, 0, 0, 0, 0, 1, 0, 0], pa.float32()), 2),
+        "held_products": pa.FixedSizeListArray.from_arrays(pa.array([0, 1, 0, 1, 0, 0, 1, 0], pa.float32()), 2),
+    })
+    priors = label_priors(ray.data.from_arrow(rows), CFG)
+    assert priors["default_rate"] == pytest.approx(1 / 3)
+    assert priors["product_rates"] == pytest.approx([1 / 3, 1 / 2])
