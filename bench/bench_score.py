@@ -130,7 +130,8 @@ def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: i
 
 
 def e2e(cfg, snapshot_dir: str, model: str, out_dir: str, rows: int) -> tuple[float, float]:
-    """(rows/s, peak RSS MB) of the scoring job's pipeline, Ray start-up included."""
+    """(rows/s, peak RSS MB) of the scoring job's pipeline, Ray start-up included; prints
+    where the run's time went (the manifest's phase_seconds)."""
     import ray
 
     ray.shutdown()  # every run pays its own Ray start, as a nightly job does
@@ -138,7 +139,10 @@ def e2e(cfg, snapshot_dir: str, model: str, out_dir: str, rows: int) -> tuple[fl
     with PeakRSS() as mem:
         record = run(cfg, snapshot_dir, model, out_dir, DATE)
     assert record["scored_rows"] == rows, record
-    return rows / (time.perf_counter() - t0), mem.peak / 2**20
+    elapsed = time.perf_counter() - t0
+    print(f"[bench] {rows} rows, {cfg.score.num_actors} actor(s) x {cfg.score.cpus_per_actor} CPU: {elapsed:.1f} s, "
+          f"phases {record['phase_seconds']}", flush=True)
+    return rows / elapsed, mem.peak / 2**20
 
 
 def main() -> None:

@@ -172,7 +172,7 @@ class TrainSpec(Strict):
     cpus_per_worker: float = 1.0
     epochs: int = Field(default=3, ge=1)
     lr: float = 5e-5
-    head_lr: float = 1e-3
+    head_lr: float = 1e-2  # heads read mean-pooled features: they need far larger steps than the backbone
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     micro_batch: int = Field(default=16, ge=1)
