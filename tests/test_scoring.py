@@ -39,7 +39,7 @@ def snapshot(tmp_path_factory):
     return str(root), table
 
 
-def check_outputs(out_uri, table, cfg):
+def check_outputs(out_uri, table, cfg, reasons=True):
     fs, root = storage.filesystem(out_uri)
     record = partition.manifest(fs, root, DATE)
     scores = partition.read(out_uri, DATE, "scores")
@@ -67,7 +67,7 @@ def check_outputs(out_uri, table, cfg):
     bands = np.array(scores.column("risk_band").to_pylist())
     has_reasons = np.array([len(r) > 0 for r in scores.column("reason_codes").to_pylist()])
     assert not has_reasons[np.isin(bands, ["A", "B"])].any()
-    assert has_reasons[np.isin(bands, ["C", "D", "E"])].mean() > 0.9
+    assert has_reasons[np.isin(bands, ["C", "D", "E"])].mean() > 0.9 if reasons else not has_reasons.any()
     check_recommendations(scores, table, cfg)
     # no PII anywhere in outputs
     blob = json.dumps(record) + str(scores.to_pylist()) + str(quarantine.to_pylist())
@@ -147,10 +147,11 @@ def test_crash_before_commit_leaves_nothing_committed(ray_local, tiny_model_dir,
 
 def test_inference_actor_killed_mid_run_still_completes(ray_local, tiny_model_dir, snapshot, tiny_backbone, tmp_path):
     root, table = snapshot
-    cfg = make_cfg(tiny_backbone, "score.kill_actor_after_batches=2", "score.batch_size=64")
+    cfg = make_cfg(tiny_backbone, "score.kill_actor_after_batches=2", "score.batch_size=64",
+                   "scorecard.reason_codes=false")
     record = run(cfg, root, tiny_model_dir, str(tmp_path / "out"), DATE)
     assert record["scored_rows"] + record["quarantined_rows"] == N
-    check_outputs(str(tmp_path / "out"), table, cfg)
+    check_outputs(str(tmp_path / "out"), table, cfg, reasons=False)
 
 
 def test_bad_file_fails_before_anything_is_written(ray_local, tiny_model_dir, snapshot, tiny_backbone, tmp_path):

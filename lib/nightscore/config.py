@@ -203,7 +203,9 @@ class ScoreSpec(Strict):
     gpus_per_actor: float = 0.0
     # rows per actor call, sorted by length inside: 1024 pads ~1.5 % extra tokens, 256 ~5 %
     batch_size: int = Field(default=1024, ge=1)
-    micro_batch: int = Field(default=64, ge=1)  # rows per forward pass
+    # rows per forward pass; on CPU keep a pass's activations inside the last-level cache
+    # (MiniLM on a 32 MB L3: 32 rows ran ~12 % faster than 64)
+    micro_batch: int = Field(default=32, ge=1)
     prep_batch_size: int = Field(default=4096, ge=1)  # rows per validation/tokenisation task
     precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto: measure both on this hardware
     rows_per_file: int = 200_000

@@ -31,7 +31,8 @@ PROBE_ROWS = 8  # enough to tell a ~6x speed difference; a full micro-batch in s
 
 
 def choose_dtype(precision: str, device: torch.device, model: torch.nn.Module, sample: list[np.ndarray]) -> torch.dtype | None:
-    """bf16 where asked, fp32 where asked; 'auto' measures both on this hardware and keeps the faster.
+    """bf16 where asked, fp32 where asked; 'auto' takes bf16 on GPUs that have it, fp32 on CPUs
+    without bf16 instructions, and otherwise measures both on this hardware and keeps the faster.
 
     CPUs without bf16 units run bf16 several times slower than fp32, and GPUs the other way
     round, so measuring beats guessing.
@@ -42,6 +43,8 @@ def choose_dtype(precision: str, device: torch.device, model: torch.nn.Module, s
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if not cpu_has_bf16():
+        return None  # emulated bf16 runs ~100x slower; timing it would cost seconds per actor
     ids, mask = pad_batch(sample, 0)
     timings = {}
     for dtype in (None, torch.bfloat16):
@@ -53,13 +56,19 @@ def choose_dtype(precision: str, device: torch.device, model: torch.nn.Module, s
     return min(timings, key=timings.get)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); unknown counts as yes."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check) or not any(checks)
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 class Predictor:
     def __init__(self, loaded: LoadedModel, device: str | None = None, precision: str = "auto",
-                 micro_batch: int = 64, threads: int | None = None):
+                 micro_batch: int = 32, threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -111,8 +111,10 @@ class ScoringActor:
         from .outputs import explain_mask, reasons_for, scores_table
 
         self._fault_drill()
+        # gradients (and the activations they keep) only when reason codes are asked for
+        explain = (lambda pd: explain_mask(pd, self.cfg)) if self.cfg.scorecard.reason_codes else None
         preds = self.predictor.predict(batch.column("input_ids"), batch.column("token_field"), self.n_fields,
-                                       explain=lambda pd: explain_mask(pd, self.cfg))
+                                       explain=explain)
         reasons = reasons_for(preds, self.model_cfg, self.cfg, batch.num_rows)
         return scores_table(batch, cfg=self.cfg, catalog=self.catalog, product_index=self.product_index,
                             pd=preds.pd, propensity=preds.propensity, reasons=reasons,
