@@ -207,7 +207,7 @@ class ScoreSpec(Strict):
     # (MiniLM on a 32 MB L3: 32 rows ran ~12 % faster than 64)
     micro_batch: int = Field(default=32, ge=1)
     prep_batch_size: int = Field(default=4096, ge=1)  # rows per validation/tokenisation task
-    precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto: measure both on this hardware
+    precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto: bf16 where the hardware has it (see choose_dtype)
     rows_per_file: int = 200_000
     torch_threads: int | None = None
     kill_actor_after_batches: int | None = None  # fault drill: one actor dies once after N batches
