@@ -192,9 +192,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         table = snapshot(Path(tmp) / "n", args.rows, 1, cfg)
         pick = np.sort(np.random.default_rng(0).choice(args.rows, s_rows, replace=False))
-        write_partition(Path(tmp) / "s", table.take(pick))
+        sample_table = table.take(pick)
+        write_partition(Path(tmp) / "s", sample_table)
         sample = f"{tmp}/s"
-        ids = tokenize(serialize(table.take(pick), mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
+        ids = tokenize(serialize(sample_table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
         seq = sum(len(x) for x in ids.to_pylist()) / len(ids)
         predictor = Predictor(loaded, precision=cfg.score.precision, micro_batch=cfg.score.micro_batch, threads=2)
         predictor.predict(ids.slice(0, 32))  # warm-up and precision choice, not timed
@@ -218,7 +219,8 @@ def main() -> None:
         report(out, e2e_rows_per_s=rate, e2e_peak_rss_mb=rss, raw_rows_per_s_mean=raw, e2e_vs_raw=rate / raw)
 
         # both actor layouts on the same 2 cores, on the sample
-        layouts = {"2x1": ["score.num_actors=2", "score.cpus_per_actor=1"],
+        configured = f"{cfg.score.num_actors}x{cfg.score.cpus_per_actor:g}"
+        layouts = {configured: [], "2x1": ["score.num_actors=2", "score.cpus_per_actor=1"],
                    "1x2": ["score.num_actors=1", "score.cpus_per_actor=2"]}
         for name, extra in layouts.items():
             rate, _ = e2e(config(*extra), sample, args.model, f"{tmp}/out-{name}", s_rows)
@@ -241,8 +243,8 @@ def main() -> None:
 
             ray.shutdown()  # Spark gets the machine to itself, as Ray had
             spark = spark_rows_per_s(sample, args.model, cfg, s_rows, 2, f"{tmp}/spark-out")
-            configured = out[f"sample_e2e_{cfg.score.num_actors}x{cfg.score.cpus_per_actor:g}_rows_per_s"]
-            report(out, sample_spark_rows_per_s=spark, sample_e2e_vs_spark=configured / spark)
+            report(out, sample_spark_rows_per_s=spark,
+                   sample_e2e_vs_spark=out[f"sample_e2e_{configured}_rows_per_s"] / spark)
     print(json.dumps(out, indent=2))
 
 
