@@ -14,7 +14,8 @@ from conftest import LOCAL_CONFIG, REPO, scoring_config
 from nightscore import partition, storage, synth
 from nightscore.config import load_config
 from nightscore.model import store
-from nightscore.scoring.pipeline import InvariantError, run, write_quarantine
+from nightscore.scoring.pipeline import InvariantError, run
+from nightscore.scoring.prepare import write_quarantine
 from nightscore.suitability import inputs_from_table, load_catalog, rule_masks
 from nightscore.validate import InputFileError, conform, preflight, split
 

@@ -1,7 +1,13 @@
-"""Text -> token ids, shared by training, scoring and evaluation (no padding: batches pad themselves)."""
+"""Text -> token ids, shared by training, scoring and evaluation (no padding: batches pad themselves).
+
+Encoding runs on the Rust `tokenizers` backend, the same one a Hugging Face fast tokenizer
+wraps: importing it takes milliseconds where `transformers` (which pulls in torch) takes
+seconds, and Ray Data's preparation workers start once per run.
+"""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -9,10 +15,28 @@ import pyarrow as pa
 
 @functools.lru_cache(maxsize=4)
 def tokenizer_for(path: str):
-    """One tokenizer per process and path (Ray tasks reuse worker processes)."""
+    """One backend tokenizer per process and path (Ray tasks reuse worker processes).
+
+    A model directory always holds `tokenizer.json`; a backbone without one (slow-only
+    tokenizer) is converted by `transformers`."""
+    file = Path(path) / "tokenizer.json"
+    if file.is_file():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(file))
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False).backend_tokenizer
+
+
+def _encode(texts: pa.Array, tokenizer, max_length: int) -> list:
+    """Encodings with special tokens, truncated to max_length, unpadded, whatever truncation
+    or padding the tokenizer file itself carries. Takes a backend tokenizer or a Hugging
+    Face fast tokenizer (its backend is used, exactly as its own __call__ would)."""
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    backend.enable_truncation(max_length, stride=0, strategy="longest_first")
+    backend.no_padding()
+    return backend.encode_batch(texts.to_pylist(), add_special_tokens=True)
 
 
 def _list_array(rows: list[list[int]], dtype) -> pa.ListArray:
@@ -25,8 +49,7 @@ def _list_array(rows: list[list[int]], dtype) -> pa.ListArray:
 
 def tokenize(texts: pa.Array, tokenizer, max_length: int) -> pa.ListArray:
     """Token ids (with special tokens, truncated) as list<int32>, one list per text."""
-    ids = tokenizer(texts.to_pylist(), truncation=True, max_length=max_length)["input_ids"]
-    return _list_array(ids, np.int32)
+    return _list_array([e.ids for e in _encode(texts, tokenizer, max_length)], np.int32)
 
 
 def tokenize_with_fields(texts: pa.Array, starts: np.ndarray, tokenizer,
@@ -36,10 +59,10 @@ def tokenize_with_fields(texts: pa.Array, starts: np.ndarray, tokenizer,
     `starts` is serialize.field_spans(): each field's first character per row, then the
     text length. Mapping runs as one searchsorted over all rows at once.
     """
-    enc = tokenizer(texts.to_pylist(), truncation=True, max_length=max_length, return_offsets_mapping=True)
-    ids = _list_array(enc["input_ids"], np.int32)
+    enc = _encode(texts, tokenizer, max_length)
+    ids = _list_array([e.ids for e in enc], np.int32)
     lengths = np.diff(ids.offsets.to_numpy())
-    offsets = np.array([o for row in enc["offset_mapping"] for o in row], dtype=np.int64).reshape(-1, 2)
+    offsets = np.array([o for e in enc for o in e.offsets], dtype=np.int64).reshape(-1, 2)
     row = np.repeat(np.arange(len(lengths)), lengths)
     width = int(starts[:, -1].max()) + 2 if len(starts) else 1
     n_fields = starts.shape[1] - 1

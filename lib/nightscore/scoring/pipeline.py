@@ -30,56 +30,14 @@ from .. import partition, storage
 from ..cluster import init_ray
 from ..config import Config
 from ..model import store
-from ..model.tokens import tokenize_with_fields, tokenizer_for
-from ..serialize import field_spans, serialize
-from ..suitability import load_catalog
 from ..schema import model_features
-from ..validate import batch_source, conform, preflight, split
-
+from ..suitability import load_catalog
+from ..validate import preflight
+from .prepare import valid_rows, write_quarantine
 
 
 class InvariantError(Exception):
     """Outputs failed a pre-commit check; nothing was committed."""
-
-
-def valid_rows(batch: pa.Table, cfg: Config, model_cfg: Config, tokenizer_dir: str, date: dt.date,
-               duplicate_ids: pa.Array) -> pa.Table:
-    """Validated rows, with the model's text as token ids and each token's field index."""
-    table = conform(batch, cfg.schema, batch_source(batch))
-    valid = split(table, cfg.schema, date, duplicate_ids).valid
-    ids, fields = tokenize_with_fields(serialize(valid, model_cfg.schema, model_cfg.serialize),
-                                       field_spans(valid, model_cfg.schema, model_cfg.serialize),
-                                       tokenizer_for(tokenizer_dir), model_cfg.model.max_length)
-    keep = [c for c in _carried_columns(cfg) if c in valid.column_names]
-    return valid.select(keep).append_column("input_ids", ids).append_column("token_field", fields)
-
-
-def write_quarantine(in_fs, files: list[str], cfg: Config, date: dt.date, duplicate_ids: pa.Array,
-                     out_fs, folder: str) -> None:
-    """Quarantined rows of every input file, streamed batch by batch into one file per input
-    file that has any (files may differ in their extra columns, so they never share one)."""
-    for i, path in enumerate(files):
-        writer = None
-        try:
-            for batch in pq.ParquetFile(path, filesystem=in_fs).iter_batches(batch_size=cfg.score.prep_batch_size):
-                table = conform(pa.Table.from_batches([batch]), cfg.schema, path)
-                bad = split(table, cfg.schema, date, duplicate_ids).quarantine
-                if bad.num_rows == 0:
-                    continue
-                if writer is None:
-                    out_fs.create_dir(folder, recursive=True)
-                    writer = pq.ParquetWriter(storage.join(folder, f"part-{i:05d}.parquet"), bad.schema,
-                                              filesystem=out_fs, compression="zstd")
-                writer.write_table(bad)
-        finally:
-            if writer is not None:
-                writer.close()
-
-
-def _carried_columns(cfg: Config) -> list[str]:
-    """Columns the actor needs besides tokens: id, date, and what suitability reads."""
-    cols = [cfg.schema.id] + ([cfg.schema.date] if cfg.schema.date else [])
-    return cols + [c for c in cfg.products.suitability.columns.model_dump().values() if c]
 
 
 class ScoringActor:
@@ -183,8 +141,11 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
     # start on the first rows prepared, and each actor has work even when the snapshot is a
     # few small files, which Ray Data would otherwise read as one block.
     data_ctx = ray.data.DataContext.get_current()
-    block_bytes, data_ctx.target_max_block_size = data_ctx.target_max_block_size, max(
-        1 << 20, s.batch_size * model_cfg.model.max_length * 6)
+    saved = data_ctx.target_max_block_size, data_ctx.use_datasource_v2
+    data_ctx.target_max_block_size = max(1 << 20, s.batch_size * model_cfg.model.max_length * 6)
+    # Ray's V2 Parquet reader starts a pool of footer-reading actors (~14 CPU-seconds on a
+    # laptop); preflight has already read every footer, so the V1 reader's plan is enough.
+    data_ctx.use_datasource_v2 = False
     try:
         ray.data.read_parquet(files, filesystem=in_fs, include_paths=True).map_batches(
             valid_rows, batch_format="pyarrow", batch_size=s.prep_batch_size,
@@ -194,11 +155,11 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
             fn_constructor_kwargs=dict(model_uri=str(model_dir) if not storage.is_s3(model_uri) else model_uri,
                                        cfg=cfg.to_dict(), run_id=run_id, fail_marker=drill),
             compute=ray.data.ActorPoolStrategy(size=s.num_actors),
+            # Ray Data restarts a lost actor and retries its tasks unless told otherwise
             num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None,
-            max_restarts=-1, max_task_retries=-1,
         ).write_parquet(storage.join(staging, "scores"), filesystem=out_fs, min_rows_per_file=s.rows_per_file)
     finally:
-        data_ctx.target_max_block_size = block_bytes
+        data_ctx.target_max_block_size, data_ctx.use_datasource_v2 = saved
         quarantine.result()  # its error, if any, is raised here; nothing is committed either way
     lap("scoring")
     record = _check(out_fs, staging, in_fs, files, cfg, input_rows)
