@@ -206,7 +206,9 @@ class ScoreSpec(Strict):
     # rows per forward pass; on CPU keep a pass's activations inside the last-level cache
     # (MiniLM on a 32 MB L3: 32 rows ran ~12 % faster than 64)
     micro_batch: int = Field(default=32, ge=1)
-    prep_batch_size: int = Field(default=4096, ge=1)  # rows per validation/tokenisation task
+    # rows per validation/tokenisation batch (default: batch_size). On CPU, Ray Data fuses
+    # preparation into the actor call, so a larger size hands actors uneven shares
+    prep_batch_size: int | None = Field(default=None, ge=1)
     precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto: bf16 where the hardware has it (see choose_dtype)
     rows_per_file: int = 200_000
     torch_threads: int | None = None
