@@ -18,7 +18,7 @@ from nightscore import synth
 from nightscore.config import load_config
 from nightscore.model.network import CreditModel, pad_batch
 from nightscore.model.store import resolve_backbone
-from nightscore.model.tokens import tokenize, tokenizer_for
+from nightscore.model.tokens import pad_token_id, tokenize, tokenizer_for
 from nightscore.serialize import serialize
 from nightscore.training.data import multi_hot
 from nightscore.training.trainer import train
@@ -33,7 +33,7 @@ def plain_loop(cfg, table, threads: int) -> tuple[float, float]:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     path = resolve_backbone(cfg.model.backbone)
-    tok = tokenizer_for(path)
+    tok, pad_id = tokenizer_for(path), pad_token_id(path)
     ids = tokenize(serialize(table, cfg.schema, cfg.serialize), tok, cfg.model.max_length).to_pylist()
     products = synth.catalog_product_ids(cfg.products.catalog)
     y = torch.tensor(table.column("default_12m").to_numpy(zero_copy_only=False).astype(np.float32))
@@ -46,7 +46,7 @@ def plain_loop(cfg, table, threads: int) -> tuple[float, float]:
     t0 = time.time()
     warm = None
     for i, start in enumerate(range(0, len(ids), mb), 1):
-        x, mask = pad_batch([np.array(r) for r in ids[start:start + mb]], tok.pad_token_id)
+        x, mask = pad_batch([np.array(r) for r in ids[start:start + mb]], pad_id)
         out = model(x, mask)
         loss = bce(out["default_logit"], y[start:start + mb]) + bce(out["product_logits"], yp[start:start + mb])
         (loss / accum).backward()

@@ -29,6 +29,14 @@ def tokenizer_for(path: str):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False).backend_tokenizer
 
 
+def pad_token_id(path: str) -> int:
+    """The backbone's padding token (0 where it names none): batches pad with it, under an
+    attention mask. Special-token names live in Hugging Face's own files, not the backend's."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False).pad_token_id or 0
+
+
 def _encode(texts: pa.Array, tokenizer, max_length: int) -> list:
     """Encodings with special tokens, truncated to max_length, unpadded, whatever truncation
     or padding the tokenizer file itself carries. Takes a backend tokenizer or a Hugging

@@ -18,7 +18,7 @@ from .. import storage
 from ..cluster import init_ray
 from ..config import Config, ConfigError
 from ..model import store
-from ..model.tokens import tokenizer_for
+from ..model.tokens import pad_token_id
 from ..monitoring import REFERENCE_KINDS, build_reference
 from ..suitability import Catalog, load_catalog
 from ..validate import preflight
@@ -118,7 +118,6 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         storage_path = str(Path(storage_path).expanduser().absolute())
     catalog = load_catalog(cfg.products.catalog, cfg.storage.s3)
     backbone_dir = store.resolve_backbone(cfg.model.backbone, cfg.storage.s3)
-    tokenizer = tokenizer_for(backbone_dir)
     init_ray(cfg.ray)
 
     product_ids = catalog.ids if cfg.schema.labels.products else []  # no product labels: no product head
@@ -143,7 +142,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.to_dict(), "product_ids": product_ids, "train_rows": train_rows,
-            "pad_id": tokenizer.pad_token_id or 0, "priors": label_priors(train_ds, cfg),
+            "pad_id": pad_token_id(backbone_dir), "priors": label_priors(train_ds, cfg),
             "fail_marker": str(Path(storage_path).expanduser() / name / ".fault-drill-done"),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
