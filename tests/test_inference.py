@@ -42,3 +42,42 @@ def test_attributions_leave_predictions_unchanged(tiny_model_dir):
     np.testing.assert_allclose(plain.propensity, explained.propensity, rtol=1e-5)
     assert explained.explained.sum() == (explained.pd > np.median(explained.pd)).sum()
     assert (np.abs(explained.contrib[~explained.explained]).sum() == 0) and np.abs(explained.contrib).sum() > 0
+
+
+def _model(layers: int, n_products: int = 3):
+    from transformers import BertConfig, BertModel
+
+    from nightscore.model.network import CreditModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64)
+    return CreditModel(BertModel(cfg), "mean", n_products, default_head=True).eval()
+
+
+@pytest.mark.parametrize("layers,devices,want", [(4, 2, [0, 0, 1, 1]), (6, 4, [0, 0, 1, 2, 2, 3]),
+                                                 (3, 1, [0, 0, 0])])
+def test_device_map_runs_blocks_contiguously(layers, devices, want):
+    """An actor holding several GPUs splits the blocks in even, ordered runs: embeddings first,
+    pooler and heads last, every parameter placed."""
+    model = _model(layers)
+    plan = model.device_map(devices)
+    assert [plan[f"backbone.encoder.layer.{i}"] for i in range(layers)] == want
+    assert plan["backbone.embeddings"] == 0
+    assert plan["backbone.pooler"] == plan["default_head"] == plan["product_head"] == devices - 1
+    for name, _ in model.named_parameters():
+        assert any(name == key or name.startswith(key + ".") for key in plan), name
+
+
+def test_spread_model_predicts_the_same():
+    """The placement goes through accelerate's dispatch (complete-map check included); on this
+    CPU-only machine both 'devices' are the CPU, so only a GPU run shows the transfers."""
+    from nightscore.scoring.inference import spread
+
+    model = _model(4)
+    ids = torch.randint(1, 100, (5, 12))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        want = model(ids, mask)["default_logit"]
+        got = spread(model, [torch.device("cpu"), torch.device("cpu")])(ids, mask)["default_logit"]
+    torch.testing.assert_close(got, want)

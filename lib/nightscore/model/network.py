@@ -49,7 +49,29 @@ class CreditModel(nn.Module):
             if self.product_head is not None and product_rates is not None:
                 self.product_head.bias.copy_(torch.tensor([logit(r) for r in product_rates]))
 
+    def device_map(self, n_devices: int) -> dict[str, int]:
+        """Module name -> device index: the transformer blocks in contiguous, even runs over
+        n devices, what runs before them (embeddings) with the first run, what runs after
+        (final norm, pooler, heads) with the last. For a model too large for one GPU."""
+        path, blocks = _block_list(self.backbone)
+        placed: dict[str, int] = {}
+        module: nn.Module = self.backbone
+        prefix = "backbone"
+        for step in path:  # siblings along the way: before the blocks -> first device, after -> last
+            names = [name for name, _ in module.named_children()]
+            for name in names:
+                if name != step:
+                    placed[f"{prefix}.{name}"] = 0 if names.index(name) < names.index(step) else n_devices - 1
+            module, prefix = getattr(module, step), f"{prefix}.{step}"
+        for i in range(len(blocks)):
+            placed[f"{prefix}.{i}"] = i * n_devices // len(blocks)
+        for head in ("default_head", "product_head"):
+            if getattr(self, head) is not None:
+                placed[head] = n_devices - 1
+        return placed
+
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.to(hidden.device)  # the last block may sit on another device than the input
         if self.pooling == "cls":
             return hidden[:, 0]
         if self.pooling == "last":
@@ -71,6 +93,15 @@ class CreditModel(nn.Module):
         if self.product_head is not None:
             result["product_logits"] = self.product_head(pooled)
         return result
+
+
+def _block_list(backbone: nn.Module) -> tuple[list[str], nn.ModuleList]:
+    """The backbone's stack of transformer blocks (its largest ModuleList) and the path to it."""
+    lists = [(name, m) for name, m in backbone.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
+    if not lists:
+        raise ValueError(f"{type(backbone).__name__} has no stack of blocks to spread over devices")
+    name, blocks = max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    return name.split("."), blocks
 
 
 def pad_batch(ids: list[np.ndarray] | np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import torch
 
 from ..model import calibration
-from ..model.network import pad_batch
+from ..model.network import CreditModel, pad_batch
 from ..model.store import LoadedModel
 
 
@@ -66,14 +66,26 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+def spread(model: CreditModel, devices: list[torch.device]) -> CreditModel:
+    """One model over several devices (its blocks in contiguous runs, see device_map): for an
+    actor holding more GPUs than one, whose model does not fit on one. Inputs go to the first."""
+    from accelerate import dispatch_model
+
+    plan = model.device_map(len(devices))
+    return dispatch_model(model, {name: devices[i] for name, i in plan.items()}, main_device=devices[0])
+
+
 class Predictor:
     def __init__(self, loaded: LoadedModel, device: str | None = None, precision: str = "auto",
-                 micro_batch: int = 32, threads: int | None = None):
+                 micro_batch: int = 32, threads: int | None = None, gpus: int = 1):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.loaded = loaded
-        self.model = loaded.model.to(self.device).eval()
+        if self.device.type == "cuda" and gpus > 1:  # the GPUs Ray gave this actor are cuda:0..gpus-1
+            self.model = spread(loaded.model.eval(), [torch.device("cuda", i) for i in range(gpus)])
+        else:
+            self.model = loaded.model.to(self.device).eval()
         self.pad_id = loaded.tokenizer.pad_token_id or 0
         self.micro_batch = micro_batch
         self.precision = precision

@@ -46,7 +46,6 @@ class ScoringActor:
     def __init__(self, model_uri: str, cfg: dict[str, Any], run_id: str, fail_marker: str | None = None):
         import torch
 
-        from ..suitability import load_catalog
         from .inference import Predictor
 
         self.cfg = Config.model_validate(cfg)
@@ -54,7 +53,8 @@ class ScoringActor:
         loaded = store.load(model_uri, self.cfg.storage.s3)
         self.predictor = Predictor(loaded, precision=s.precision, micro_batch=s.micro_batch,
                                    threads=s.torch_threads or max(1, int(s.cpus_per_actor)),
-                                   device="cuda" if s.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
+                                   device="cuda" if s.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu",
+                                   gpus=max(1, int(s.gpus_per_actor)))
         self.model_cfg = loaded.config
         self.version = loaded.version
         self.catalog = load_catalog(self.cfg.products.catalog, self.cfg.storage.s3)
