@@ -6,10 +6,12 @@ import os
 from .config import RaySpec
 
 
-def init_ray(spec: RaySpec) -> None:
+def init_ray(spec: RaySpec, dashboard: bool = False) -> None:
     """`ray job submit` sets RAY_ADDRESS, so the job joins that cluster; plain `python jobs/…`
     starts a local one with `ray.num_cpus` logical CPUs (above the core count is fine: it
-    leaves Ray Data room beside the training workers)."""
+    leaves Ray Data room beside the training workers). A local one runs the dashboard (on
+    127.0.0.1) only when asked: Ray Train's placement-group cleaner polls the state API it
+    serves, and scoring does without its CPU."""
     import ray
     import ray.data
 
@@ -19,6 +21,6 @@ def init_ray(spec: RaySpec) -> None:
     if spec.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=spec.address, runtime_env=env, log_to_driver=True)
     else:
-        ray.init(num_cpus=spec.num_cpus, runtime_env=env, include_dashboard=False)
+        ray.init(num_cpus=spec.num_cpus, runtime_env=env, include_dashboard=dashboard, dashboard_host="127.0.0.1")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True

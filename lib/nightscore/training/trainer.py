@@ -118,7 +118,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         storage_path = str(Path(storage_path).expanduser().absolute())
     catalog = load_catalog(cfg.products.catalog, cfg.storage.s3)
     backbone_dir = store.resolve_backbone(cfg.model.backbone, cfg.storage.s3)
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, dashboard=True)  # Ray Train's placement-group cleaner asks the state API
 
     product_ids = catalog.ids if cfg.schema.labels.products else []  # no product labels: no product head
     prepared, input_rows = _read(train_uri, cfg, backbone_dir, product_ids, split_valid=valid_uri is None)
