@@ -215,6 +215,11 @@ class ScoreSpec(Strict):
     kill_actor_after_batches: int | None = None  # fault drill: one actor dies once after N batches
     fail_before_commit: bool = False  # fault drill: stop after writing, before the manifest
 
+    @property
+    def prep_rows(self) -> int:
+        """Rows per validation/tokenisation batch."""
+        return self.prep_batch_size or self.batch_size
+
 
 class RaySpec(Strict):
     address: str | None = None  # None: join a running cluster if there is one, else start locally

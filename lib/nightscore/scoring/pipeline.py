@@ -148,7 +148,7 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
     data_ctx.use_datasource_v2 = False
     try:
         ray.data.read_parquet(files, filesystem=in_fs, include_paths=True).map_batches(
-            valid_rows, batch_format="pyarrow", batch_size=s.prep_batch_size or s.batch_size,
+            valid_rows, batch_format="pyarrow", batch_size=s.prep_rows,
             fn_kwargs=dict(cfg=cfg, model_cfg=model_cfg, tokenizer_dir=tokenizer_dir, date=date, duplicate_ids=dups),
         ).map_batches(
             ScoringActor, batch_format="pyarrow", batch_size=s.batch_size,

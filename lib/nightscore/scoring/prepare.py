@@ -36,7 +36,7 @@ def write_quarantine(in_fs, files: list[str], cfg: Config, date: dt.date, duplic
     for i, path in enumerate(files):
         writer = None
         try:
-            for batch in pq.ParquetFile(path, filesystem=in_fs).iter_batches(batch_size=cfg.score.prep_batch_size or cfg.score.batch_size):
+            for batch in pq.ParquetFile(path, filesystem=in_fs).iter_batches(batch_size=cfg.score.prep_rows):
                 table = conform(pa.Table.from_batches([batch]), cfg.schema, path)
                 bad = split(table, cfg.schema, date, duplicate_ids).quarantine
                 if bad.num_rows == 0:
