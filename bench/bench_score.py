@@ -5,10 +5,14 @@ same texts; model FLOP utilisation against this machine's measured GEMM peak; pe
                                 [key.path=value ...]
 
 The headline is the configured layout's end-to-end rate on all N rows; with --spark, Spark
-scores the same N rows right after it (both pay their own start-up, so both are compared at
-the same size). Raw in-process and the actor layouts run on a random sample of S of those
-rows (their per-row rates do not depend on N). Each result is printed as a `[bench]` line
-when measured, and all of them as JSON at the end.
+scores the same N rows right after it, twice (both frameworks pay their own start-up, so all
+are compared at the same size): once with nightscore's own inference code inside the
+pandas_udf (the platforms alone differ), once with the pandas_udf a team would write with
+Hugging Face directly (the alternative to adopting nightscore). Raw in-process and the actor
+layouts run on a random sample of S of those rows (their per-row rates do not depend on N).
+Every end-to-end and Spark run also splits the machine's CPU time between the processes
+that run the model and everything else (the platform). Each result is printed as a
+`[bench]` line when measured, written to --json as it comes, and printed as JSON at the end.
 """
 import argparse
 import datetime as dt
@@ -28,7 +32,7 @@ from nightscore import synth
 from nightscore.config import load_config
 from nightscore.model import store
 from nightscore.model.tokens import tokenize
-from nightscore.scoring.inference import Predictor
+from nightscore.scoring.inference import Predictor, onednn_ready
 from nightscore.scoring.pipeline import run
 from nightscore.serialize import serialize
 
@@ -39,15 +43,23 @@ DATE = dt.date(2026, 11, 2)
 def gemm_peak(dtype: torch.dtype, threads: int, n: int = 1024, seconds: float = 4.0) -> float:
     """Sustained FLOP/s of back-to-back n×n matmuls over a few seconds: the rate this machine
     keeps up, as the model must. (A best-of-5 burst of one matmul ran ~25 % above it on a
-    shared VM, and varied by as much between runs.)"""
+    shared VM, and varied by as much between runs.) For fp32 the faster of MKL's matmul and
+    oneDNN's prepacked kernel, the one the model uses: the peak is the machine's, not a library's."""
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    calls, t0 = 0, time.perf_counter()
-    while calls == 0 or time.perf_counter() - t0 < seconds:
-        a @ b
-        calls += 1
-    return calls * 2 * n**3 / (time.perf_counter() - t0)
+    kernels = [lambda: a @ b]
+    if dtype == torch.float32 and onednn_ready():
+        packed = torch.ops.mkldnn._reorder_linear_weight(b, n)
+        kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
+    rates = []
+    for kernel in kernels:
+        kernel()
+        calls, t0 = 0, time.perf_counter()
+        while calls == 0 or time.perf_counter() - t0 < seconds:
+            kernel()
+            calls += 1
+        rates.append(calls * 2 * n**3 / (time.perf_counter() - t0))
+    return max(rates)
 
 
 def model_flops_per_token(model, seq: float) -> float:
@@ -57,23 +69,51 @@ def model_flops_per_token(model, seq: float) -> float:
     return 2 * params + 4 * cfg.num_hidden_layers * cfg.hidden_size * seq
 
 
-class PeakRSS:
-    """Peak summed RSS of this process and all its descendants (the Ray workers), sampled every 0.2 s."""
+MODEL_PROCESSES = ("ScoringActor", "pyspark.daemon")  # Ray's inference actors, Spark's Python workers
+
+
+class Usage:
+    """Peak summed RSS of this process and all its descendants (the Ray or Spark workers), and
+    their CPU time split between the processes that run the model and all the others (this
+    driver, the framework's daemons and helpers), sampled every 0.5 s."""
 
     def __init__(self):
         self.peak, self._stop = 0, threading.Event()
+        self.samples: list[tuple[float, float, float]] = []  # (time, model CPU-s, other CPU-s) since last
+        self._cpu: dict[int, float] = {}
+
+    def _sample(self, me: psutil.Process) -> None:
+        total, model, other = 0, 0.0, 0.0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+                cpu = sum(p.cpu_times()[:2])
+                is_model = any(k in " ".join(p.cmdline()) for k in MODEL_PROCESSES)
+            except psutil.Error:
+                continue
+            delta, self._cpu[p.pid] = cpu - self._cpu.get(p.pid, 0.0), cpu
+            model, other = (model + delta, other) if is_model else (model, other + delta)
+        self.peak = max(self.peak, total)
+        self.samples.append((time.perf_counter(), model, other))
 
     def _run(self):
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(0.2)
+            self._sample(me)
+            time.sleep(0.5)
+        self._sample(me)
+
+    def shares(self, cores: int) -> dict[str, float]:
+        """Model processes' share of all CPU time used, and of the machine (cores × wall), over
+        the whole run and over its middle half (steady state: start-up and tail left out)."""
+        t0, t1 = self.samples[0][0], self.samples[-1][0]
+        out = {}
+        for name, lo, hi in (("run", t0, t1), ("steady", t0 + (t1 - t0) / 4, t1 - (t1 - t0) / 4)):
+            picked = [(m, o) for t, m, o in self.samples[1:] if lo < t <= hi]
+            model, other = sum(m for m, _ in picked), sum(o for _, o in picked)
+            out[f"{name}_model_cpu_share"] = model / max(model + other, 1e-9)
+            out[f"{name}_model_share_of_machine"] = model / max(cores * (hi - lo), 1e-9)
+        return out
 
     def __enter__(self):
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -100,36 +140,62 @@ def write_partition(root: Path, table: pa.Table, files: int = 2) -> None:
         pq.write_table(table.slice(start, (i + 1) * n // files - start), part / f"part-{i}.parquet")
 
 
-def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: int, out_dir: str) -> float:
-    """The peer: Spark local mode, the same model in a pandas_udf (loaded once per task), the same
-    library code for text and inference, one task per core with one torch thread each."""
+def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: int, out_dir: str,
+                     peer: str) -> float:
+    """The peer: Spark local mode, one task per core with one torch thread each, the same
+    verified model loaded once per task in a pandas_udf, scoring the same texts.
+
+    peer "nightscore": the UDF calls nightscore's own inference code (Predictor: length-sorted
+    micro-batches, the same kernels), so only the platforms differ. peer "hf": the UDF a team
+    would write with Hugging Face directly: its tokenizer pads each micro-batch of rows, in
+    the order they come, to the longest one, and the model runs under inference_mode."""
     import os
     import sys
     from typing import Iterator
 
     import pandas as pd
-    import pyarrow as pa
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
     from pyspark.sql.types import DoubleType
 
+    from nightscore.model import calibration
     from nightscore.schema import model_features
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     feats = [f.name for f in model_features(cfg.schema)]
-    micro_batch = cfg.score.micro_batch
+    micro_batch, onednn = cfg.score.micro_batch, cfg.score.onednn
+
+    def texts_of(frame: pd.DataFrame, mcfg) -> pa.Array:
+        return serialize(pa.Table.from_pandas(frame, preserve_index=False), mcfg.schema, mcfg.serialize)
 
     @pandas_udf(DoubleType())
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+    def score_nightscore(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
         loaded = store.load(model_dir)
         mcfg = loaded.config
-        predictor = Predictor(loaded, precision="fp32", micro_batch=micro_batch, threads=1)
+        predictor = Predictor(loaded, precision="fp32", micro_batch=micro_batch, threads=1, onednn=onednn)
         for frame in batches:
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            ids = tokenize(serialize(table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
+            ids = tokenize(texts_of(frame, mcfg), loaded.tokenizer, mcfg.model.max_length)
             yield pd.Series(predictor.predict(ids).pd)
 
+    @pandas_udf(DoubleType())
+    def score_hf(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+        from transformers import AutoTokenizer
+
+        torch.set_num_threads(1)
+        loaded = store.load(model_dir)
+        model, mcfg = loaded.model.eval(), loaded.config
+        tokenizer = AutoTokenizer.from_pretrained(str(loaded.root / store.BACKBONE_DIR))
+        for frame in batches:
+            texts, logits = texts_of(frame, mcfg).to_pylist(), []
+            with torch.inference_mode():
+                for i in range(0, len(texts), micro_batch):
+                    enc = tokenizer(texts[i:i + micro_batch], padding=True, truncation=True,
+                                    max_length=mcfg.model.max_length, return_tensors="pt")
+                    logits.append(model(enc["input_ids"], enc["attention_mask"])["default_logit"].numpy())
+            yield pd.Series(calibration.apply(loaded.meta["calibration"], np.concatenate(logits)))
+
+    score = {"nightscore": score_nightscore, "hf": score_hf}[peer]
     t0 = time.perf_counter()
     spark = (SparkSession.builder.master(f"local[{cores}]").appName("nightscore-bench")
              .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
@@ -145,27 +211,53 @@ def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: i
     return rows / elapsed
 
 
-def e2e(cfg, snapshot_dir: str, model: str, out_dir: str, rows: int) -> tuple[float, float]:
-    """(rows/s, peak RSS MB) of the scoring job's pipeline, Ray start-up included; prints
-    where the run's time went (the manifest's phase_seconds)."""
+def spark_run(snapshot_dir: str, model_dir: str, cfg, rows: int, out_dir: str, peer: str) -> tuple[float, dict]:
+    """(rows/s, CPU shares) of one Spark peer in a fresh process: each run starts its own JVM,
+    as a Spark job does (a second session in this process would find the first one's JVM warm)."""
+    import multiprocessing
+
+    with Usage() as usage, multiprocessing.get_context("spawn").Pool(1) as pool:
+        rate = pool.apply(spark_rows_per_s, (snapshot_dir, model_dir, cfg, rows, 2, out_dir, peer))
+    return rate, usage.shares(2)
+
+
+def pd_gap(ray_out: str, record: dict, spark_out: str, id_col: str) -> float:
+    """Largest |PD difference| between Ray's and a Spark peer's outputs, joined on the id: the
+    check that both scored the same texts with the same model."""
+    import pyarrow.dataset as pads
+
+    ours = pads.dataset([f"{ray_out}/date={DATE}/{f}" for f in record["files"]["scores"]]).to_table(
+        columns=["customer_id", "pd_12m"])
+    theirs = pads.dataset(spark_out).to_table(columns=[id_col, "pd_12m"]).rename_columns(["customer_id", "spark_pd"])
+    joined = ours.join(theirs, "customer_id")
+    assert joined.num_rows == ours.num_rows, (joined.num_rows, ours.num_rows)
+    return float(np.max(np.abs(joined["pd_12m"].to_numpy() - joined["spark_pd"].to_numpy())))
+
+
+def e2e(cfg, snapshot_dir: str, model: str, out_dir: str, rows: int) -> tuple[float, float, dict, dict]:
+    """(rows/s, peak RSS MB, CPU shares, manifest) of the scoring job's pipeline, Ray start-up
+    included; prints where the run's time went (the manifest's phase_seconds)."""
     import ray
 
     ray.shutdown()  # every run pays its own Ray start, as a nightly job does
     t0 = time.perf_counter()
-    with PeakRSS() as mem:
+    with Usage() as usage:
         record = run(cfg, snapshot_dir, model, out_dir, DATE)
     assert record["scored_rows"] == rows, record
     elapsed = time.perf_counter() - t0
     print(f"[bench] {rows} rows, {cfg.score.num_actors} actor(s) x {cfg.score.cpus_per_actor} CPU: {elapsed:.1f} s, "
           f"phases {record['phase_seconds']}", flush=True)
-    return rows / elapsed, mem.peak / 2**20
+    return rows / elapsed, usage.peak / 2**20, usage.shares(2), record
 
 
-def report(out: dict, **values) -> None:
-    """Record results and print them at once: a long run shows its numbers as they come."""
+def report(out: dict, path: str | None = None, **values) -> None:
+    """Record results and print them at once (and rewrite --json): a long run shows its
+    numbers as they come, and keeps them if it is stopped."""
     out.update(values)
     for k, v in values.items():
         print(f"[bench] {k} = {v:.4g}" if isinstance(v, float) else f"[bench] {k} = {v}", flush=True)
+    if path:
+        Path(path).write_text(json.dumps(out, indent=2))
 
 
 def main() -> None:
@@ -176,7 +268,9 @@ def main() -> None:
                    help="S: rows (a random sample of the N) for raw and the actor layouts")
     p.add_argument("--rss-rows", type=int, default=0, help="M: peak RSS at M and 4M rows (default S / 4)")
     p.add_argument("--spark", action="store_true", help="also time Spark local mode on the N rows (pip install pyspark)")
+    p.add_argument("--spark-peers", default="nightscore,hf", help="which Spark UDFs to time (see spark_rows_per_s)")
     p.add_argument("--with-reasons", action="store_true", help="also time end-to-end on S rows with reason codes on")
+    p.add_argument("--json", help="write the results here as they come")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     s_rows = min(args.sample_rows, args.rows)
@@ -186,67 +280,84 @@ def main() -> None:
         return load_config(CONFIG, [*([] if reasons else ["scorecard.reason_codes=false"]), *args.overrides, *extra])
 
     cfg = config()
-    loaded = store.load(args.model)
-    mcfg = loaded.config
     out: dict[str, object] = {}
-    report(out, rows=args.rows, sample_rows=s_rows, cpu_threads=torch.get_num_threads(),
-           configured_layout=f"{cfg.score.num_actors} actor(s) x {cfg.score.cpus_per_actor} CPU")
+
+    def note(**values) -> None:
+        report(out, args.json, **values)
+
+    note(rows=args.rows, sample_rows=s_rows, cpu_threads=torch.get_num_threads(),
+         configured_layout=f"{cfg.score.num_actors} actor(s) x {cfg.score.cpus_per_actor} CPU",
+         started=dt.datetime.now().isoformat(timespec="seconds"))
     with tempfile.TemporaryDirectory() as tmp:
         table = snapshot(Path(tmp) / "n", args.rows, 1, cfg)
         pick = np.sort(np.random.default_rng(0).choice(args.rows, s_rows, replace=False))
         sample_table = table.take(pick)
         write_partition(Path(tmp) / "s", sample_table)
         sample = f"{tmp}/s"
+        loaded = store.load(args.model)
+        mcfg = loaded.config
         ids = tokenize(serialize(sample_table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
         seq = sum(len(x) for x in ids.to_pylist()) / len(ids)
-        predictor = Predictor(loaded, precision=cfg.score.precision, micro_batch=cfg.score.micro_batch, threads=2)
-        predictor.predict(ids.slice(0, 32))  # warm-up and precision choice, not timed
+        flops_per_token = model_flops_per_token(loaded.model, seq)
+        # the configured kernels, and MKL's plain ones for comparison (each on its own model copy:
+        # prepacking swaps the layers in place)
+        predictors = {kernels: Predictor(store.load(args.model), precision=cfg.score.precision,
+                                         micro_batch=cfg.score.micro_batch, threads=2, onednn=onednn)
+                      for kernels, onednn in (("configured", cfg.score.onednn), ("aten", False))}
+        for predictor in predictors.values():
+            predictor.predict(ids.slice(0, 32))  # warm-up and precision choice, not timed
 
-        def raw_rate() -> float:
+        def raw_rate(kernels: str = "configured") -> float:
             t0 = time.perf_counter()
-            predictor.predict(ids)
+            predictors[kernels].predict(ids)
             return s_rows / (time.perf_counter() - t0)
 
         raw = raw_rate()
-        report(out, raw_rows_per_s=raw, mean_tokens=seq, precision=str(predictor.dtype or "fp32"))
+        note(raw_rows_per_s=raw, mean_tokens=seq, precision=str(predictors["configured"].dtype or "fp32"))
+        if cfg.score.onednn:
+            aten = raw_rate("aten")
+            note(raw_aten_rows_per_s=aten, onednn_over_aten=raw / aten)
         peak32, peak16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
-        achieved = raw * seq * model_flops_per_token(loaded.model, seq)
-        report(out, gemm_peak_fp32_gflops=peak32 / 1e9, gemm_peak_bf16_gflops=peak16 / 1e9,
-               model_gflops=achieved / 1e9, mfu_vs_fp32_peak=achieved / peak32, mfu_vs_bf16_peak=achieved / peak16)
+        achieved = raw * seq * flops_per_token
+        note(gemm_peak_fp32_gflops=peak32 / 1e9, gemm_peak_bf16_gflops=peak16 / 1e9,
+             model_gflops=achieved / 1e9, mfu_vs_fp32_peak=achieved / peak32, mfu_vs_bf16_peak=achieved / peak16)
 
         # the headline first: on a small machine it is hours, the rest minutes
-        rate, rss = e2e(cfg, f"{tmp}/n", args.model, f"{tmp}/out", args.rows)
-        report(out, e2e_rows_per_s=rate, e2e_peak_rss_mb=rss)
+        rate, rss, shares, record = e2e(cfg, f"{tmp}/n", args.model, f"{tmp}/out", args.rows)
+        note(e2e_rows_per_s=rate, e2e_peak_rss_mb=rss, **{f"e2e_{k}": v for k, v in shares.items()})
         if args.spark:
             import ray
 
             ray.shutdown()  # Spark gets the machine to itself, as Ray had
-            spark = spark_rows_per_s(f"{tmp}/n", args.model, cfg, args.rows, 2, f"{tmp}/spark-out")
-            report(out, spark_rows_per_s=spark, e2e_vs_spark=rate / spark)
+            for peer in args.spark_peers.split(","):
+                spark, shares = spark_run(f"{tmp}/n", args.model, cfg, args.rows, f"{tmp}/spark-{peer}", peer)
+                gap = pd_gap(f"{tmp}/out", record, f"{tmp}/spark-{peer}", cfg.schema.id)
+                note(**{f"spark_{peer}_rows_per_s": spark, f"e2e_vs_spark_{peer}": rate / spark,
+                        f"spark_{peer}_max_pd_gap": gap, **{f"spark_{peer}_{k}": v for k, v in shares.items()}})
         # raw again: over a long headline the machine's speed drifts; compare with the mean of both
         raw = (raw + raw_rate()) / 2
-        report(out, raw_rows_per_s_mean=raw, e2e_vs_raw=rate / raw)
+        note(raw_rows_per_s_mean=raw, e2e_vs_raw=rate / raw)
 
         # both actor layouts on the same 2 cores, on the sample
         configured = f"{cfg.score.num_actors}x{cfg.score.cpus_per_actor:g}"
         layouts = {configured: [], "2x1": ["score.num_actors=2", "score.cpus_per_actor=1"],
                    "1x2": ["score.num_actors=1", "score.cpus_per_actor=2"]}
         for name, extra in layouts.items():
-            rate, _ = e2e(config(*extra), sample, args.model, f"{tmp}/out-{name}", s_rows)
-            report(out, **{f"sample_e2e_{name}_rows_per_s": rate, f"sample_e2e_{name}_vs_raw": rate / raw})
+            rate = e2e(config(*extra), sample, args.model, f"{tmp}/out-{name}", s_rows)[0]
+            note(**{f"sample_e2e_{name}_rows_per_s": rate, f"sample_e2e_{name}_vs_raw": rate / raw})
         if args.with_reasons:
-            rate, _ = e2e(config(reasons=True), sample, args.model, f"{tmp}/out-r", s_rows)
-            report(out, sample_e2e_with_reasons_rows_per_s=rate)
+            rate = e2e(config(reasons=True), sample, args.model, f"{tmp}/out-r", s_rows)[0]
+            note(sample_e2e_with_reasons_rows_per_s=rate)
         seconds = {}
         for label, rows in (("m", m), ("4m", 4 * m)):
             snapshot(Path(tmp) / label, rows, 2, cfg)
-            rate, rss = e2e(cfg, f"{tmp}/{label}", args.model, f"{tmp}/out-{label}", rows)
-            report(out, **{f"peak_rss_mb_{label}_{rows}_rows": rss})
+            rate, rss = e2e(cfg, f"{tmp}/{label}", args.model, f"{tmp}/out-{label}", rows)[:2]
+            note(**{f"peak_rss_mb_{label}_{rows}_rows": rss})
             seconds[label] = rows / rate
         # two sizes separate the fixed start-up from the per-row cost
         marginal = 3 * m / (seconds["4m"] - seconds["m"])
-        report(out, rss_4m_over_m=out[f"peak_rss_mb_4m_{4 * m}_rows"] / out[f"peak_rss_mb_m_{m}_rows"],
-               e2e_fixed_seconds=seconds["m"] - m / marginal)
+        note(rss_4m_over_m=out[f"peak_rss_mb_4m_{4 * m}_rows"] / out[f"peak_rss_mb_m_{m}_rows"],
+             e2e_fixed_seconds=seconds["m"] - m / marginal, finished=dt.datetime.now().isoformat(timespec="seconds"))
     print(json.dumps(out, indent=2))
 
 

@@ -9,7 +9,7 @@ from nightscore import synth
 from nightscore.model import store
 from nightscore.model.tokens import tokenize_with_fields
 from nightscore.schema import model_features
-from nightscore.scoring.inference import Predictor, choose_dtype, cpu_has_bf16
+from nightscore.scoring.inference import PackedLinear, Predictor, choose_dtype, cpu_has_bf16, onednn_ready
 from nightscore.serialize import field_spans, serialize
 
 
@@ -81,3 +81,43 @@ def test_spread_model_predicts_the_same():
         want = model(ids, mask)["default_logit"]
         got = spread(model, [torch.device("cpu"), torch.device("cpu")])(ids, mask)["default_logit"]
     torch.testing.assert_close(got, want)
+
+
+needs_onednn = pytest.mark.skipif(not onednn_ready(), reason="this torch build has no oneDNN linear kernels")
+
+
+@needs_onednn
+def test_packed_linear_matches_linear_forward_and_input_gradient():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(24, 40).requires_grad_(False)
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    want = linear(x)
+    (want * torch.arange(40.0)).sum().backward()
+    want_grad, x.grad = x.grad.clone(), None
+    got = PackedLinear(linear, rows_hint=21)(x)
+    (got * torch.arange(40.0)).sum().backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, want_grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_prepacked_predictor_gives_the_same_scores_and_reasons(tiny_model_dir):
+    """The packed layers replace every nn.Linear on the first fp32 CPU call; PDs, propensities
+    and attributions stay those of the plain model."""
+    cfg = store.load(tiny_model_dir).config
+    table, _ = synth.generate(90, dt.date(2026, 11, 23), 4, store.load(tiny_model_dir).meta["product_ids"])
+    ids, fields = tokenize_with_fields(serialize(table, cfg.schema, cfg.serialize),
+                                       field_spans(table, cfg.schema, cfg.serialize),
+                                       store.load(tiny_model_dir).tokenizer, cfg.model.max_length)
+    explain = dict(token_field=fields, n_fields=len(model_features(cfg.schema)), explain=lambda pd: pd > np.median(pd))
+    results = {}
+    for onednn in (False, True):
+        predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, onednn=onednn)
+        results[onednn] = predictor.predict(ids, **explain)
+        kinds = {type(m) for m in predictor.model.modules()}
+        assert (PackedLinear in kinds) == onednn and (torch.nn.Linear in kinds) != onednn
+    plain, packed = results[False], results[True]
+    np.testing.assert_allclose(packed.pd, plain.pd, rtol=1e-5)
+    np.testing.assert_allclose(packed.propensity, plain.propensity, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(packed.explained, plain.explained)
+    np.testing.assert_allclose(packed.contrib, plain.contrib, rtol=1e-3, atol=1e-6)
