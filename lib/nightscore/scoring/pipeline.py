@@ -137,9 +137,12 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
         write_quarantine, in_fs, files, cfg, date, dups, out_fs, storage.join(staging, "quarantine"))
     drill = (str(Path(tempfile.gettempdir()) / f"nightscore-fault-drill-{run_id}")
              if s.kill_actor_after_batches is not None else None)
-    # Blocks of about one actor call each (prepared rows hold ~6 bytes per token): actors
-    # start on the first rows prepared, and each actor has work even when the snapshot is a
-    # few small files, which Ray Data would otherwise read as one block.
+    # Blocks of at most batch_size x max_length x 6 bytes: a prepared row holds ~6 bytes per
+    # token, so a prepared block is about one actor call. Where Ray Data fuses preparation into
+    # the actor (one CPU, no GPU per actor) the cap applies to the raw blocks read instead (a few
+    # thousand rows each for the synthetic schema), and prep_rows bundles share them out. Either
+    # way actors start on the first rows read, and each has work even when the snapshot is a few
+    # small files, which Ray Data would otherwise read as one block.
     data_ctx = ray.data.DataContext.get_current()
     saved = data_ctx.target_max_block_size, data_ctx.use_datasource_v2
     data_ctx.target_max_block_size = max(1 << 20, s.batch_size * model_cfg.model.max_length * 6)
