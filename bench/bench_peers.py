@@ -7,8 +7,8 @@ On a shared VM the speed of the same code drifts by a third within an hour (benc
 third run), so timing one framework after the other compares hours, not frameworks. Here the
 N rows are split into R fresh snapshots; each round scores its snapshot with every contender
 (nightscore's end-to-end Ray pipeline, then the Spark peers of `bench_score.spark_rows_per_s`),
-each in its own fresh start, the order rotated every round (a Latin square for R = number of
-contenders), so every contender runs early, mid and late equally often. A raw in-process
+each in its own fresh start, the order rotated every round, so when R is a multiple of the
+number of contenders (a Latin square) every contender runs early, mid and late equally often. A raw in-process
 probe (the same fixed rows before every round and after the last) shows the drift itself.
 Reported: each contender's pooled rows/s (all its rows over all its seconds), the per-round
 ratios Ray / peer (neighbours in time) and their geometric mean, and each peer's largest PD
