@@ -121,3 +121,19 @@ def test_prepacked_predictor_gives_the_same_scores_and_reasons(tiny_model_dir):
     np.testing.assert_allclose(packed.propensity, plain.propensity, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(packed.explained, plain.explained)
     np.testing.assert_allclose(packed.contrib, plain.contrib, rtol=1e-3, atol=1e-6)
+
+
+def test_heads_stay_fp32_under_bf16_autocast():
+    """bf16 autocast speeds the backbone, but a bf16 head would round each logit to 1/64 near
+    -2.5, clumping calibrated PDs (an unchanged population then reads as drifted)."""
+    model = _model(2)
+    ids = torch.randint(1, 100, (64, 12))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        fp32 = model(ids, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(ids, mask)
+    assert bf16["default_logit"].dtype == bf16["product_logits"].dtype == torch.float32
+    # every row keeps a distinct logit, close to fp32 (bf16 rounding alone would merge many)
+    assert len(torch.unique(bf16["default_logit"])) == len(torch.unique(fp32["default_logit"]))
+    torch.testing.assert_close(bf16["default_logit"], fp32["default_logit"], rtol=0.05, atol=0.02)
