@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_score import CONFIG, e2e, pd_gap, report, snapshot, spark_run
+from bench_score import CONFIG, e2e, pd_gap, precision_of, report, snapshot, spark_run
 from nightscore.config import load_config
 from nightscore.model import store
 from nightscore.model.tokens import tokenize
@@ -60,7 +60,9 @@ def main() -> None:
                              loaded.tokenizer, loaded.config.model.max_length)
         predictor = Predictor(loaded, precision=cfg.score.precision, micro_batch=cfg.score.micro_batch,
                               threads=2, onednn=cfg.score.onednn)
-        predictor.predict(probe_ids.slice(0, 32))  # warm-up, not timed
+        predictor.predict(probe_ids.slice(0, 32))  # warm-up and precision choice, not timed
+        precision = precision_of(predictor)
+        note(precision=precision, compiled=cfg.score.compiles(chunk / cfg.score.num_actors))
 
         def probe(label: str) -> None:
             t0 = time.perf_counter()
@@ -80,7 +82,7 @@ def main() -> None:
                     import ray
 
                     ray.shutdown()  # the peer gets the machine to itself
-                    rates[c], shares = spark_run(snap, args.model, cfg, chunk, f"{tmp}/spark-{c}-r{r}", c)
+                    rates[c], shares = spark_run(snap, args.model, cfg, chunk, f"{tmp}/spark-{c}-r{r}", c, precision)
                 seconds[c] += chunk / rates[c]
                 note(**{f"round{r}_{c}_rows_per_s": rates[c],
                         f"round{r}_{c}_steady_model_share_of_machine": shares["steady_model_share_of_machine"]})

@@ -40,11 +40,10 @@ CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "local.yaml"
 DATE = dt.date(2026, 11, 2)
 
 
-def gemm_peak(dtype: torch.dtype, threads: int, n: int = 1024, seconds: float = 4.0) -> float:
-    """Sustained FLOP/s of back-to-back n×n matmuls over a few seconds: the rate this machine
-    keeps up, as the model must. (A best-of-5 burst of one matmul ran ~25 % above it on a
-    shared VM, and varied by as much between runs.) For fp32 the faster of MKL's matmul and
-    oneDNN's prepacked kernel, the one the model uses: the peak is the machine's, not a library's."""
+def gemm_rate(dtype: torch.dtype, threads: int, n: int, seconds: float = 4.0) -> float:
+    """Sustained FLOP/s of back-to-back n×n matmuls over a few seconds in this process: the rate
+    the model must keep up. (A best-of-5 burst of one matmul ran ~25 % above it on a shared VM.)
+    For fp32 the faster of MKL's matmul and oneDNN's prepacked kernel."""
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     kernels = [lambda: a @ b]
@@ -60,6 +59,25 @@ def gemm_peak(dtype: torch.dtype, threads: int, n: int = 1024, seconds: float = 
             calls += 1
         rates.append(calls * 2 * n**3 / (time.perf_counter() - t0))
     return max(rates)
+
+
+def gemm_peak(dtype: torch.dtype, cores: int) -> float:
+    """The machine's GEMM peak: the best of one process on all cores (1024², 2048² and 4096²
+    matmuls) and one single-threaded process per core at once (summed). The peak is the
+    machine's, not one library call's: on the AMX VM a 1024² bf16 matmul on 2 threads ran at
+    1.25 TFLOP/s, the same as on 1, while 2048² reached 2.4 and two 1-core processes 2.8."""
+    import multiprocessing
+
+    threaded = max(gemm_rate(dtype, cores, n) for n in (1024, 2048, 4096))
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        per_core = sum(pool.starmap(gemm_rate, [(dtype, 1, 1024)] * cores))
+    torch.set_num_threads(cores)
+    return max(threaded, per_core)
+
+
+def precision_of(predictor: Predictor) -> str:
+    """The precision a predictor settled on ("auto" resolved), for the peers to use the same."""
+    return "bf16" if predictor.dtype is torch.bfloat16 else "fp32"
 
 
 def model_flops_per_token(model, seq: float) -> float:
@@ -141,14 +159,16 @@ def write_partition(root: Path, table: pa.Table, files: int = 2) -> None:
 
 
 def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: int, out_dir: str,
-                     peer: str) -> float:
+                     peer: str, precision: str) -> float:
     """The peer: Spark local mode, one task per core with one torch thread each, the same
-    verified model loaded once per task in a pandas_udf, scoring the same texts.
+    verified model loaded once per task in a pandas_udf, scoring the same texts at the same
+    precision as nightscore's actors.
 
     peer "nightscore": the UDF calls nightscore's own inference code (Predictor: length-sorted
-    micro-batches, the same kernels), so only the platforms differ. peer "hf": the UDF a team
-    would write with Hugging Face directly: its tokenizer pads each micro-batch of rows, in
-    the order they come, to the longest one, and the model runs under inference_mode."""
+    micro-batches, the same kernels, compiled when the actors compile), so only the platforms
+    differ. peer "hf": the UDF a team would write with Hugging Face directly: its tokenizer
+    pads each micro-batch of rows, in the order they come, to the longest one, and the model
+    runs eagerly under inference_mode (and bf16 autocast where the actors run bf16)."""
     import os
     import sys
     from typing import Iterator
@@ -165,6 +185,8 @@ def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: i
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     feats = [f.name for f in model_features(cfg.schema)]
     micro_batch, onednn = cfg.score.micro_batch, cfg.score.onednn
+    compile_ = cfg.score.compiles(rows / cores)  # each task scores rows / cores, as each actor does
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def texts_of(frame: pd.DataFrame, mcfg) -> pa.Array:
         return serialize(pa.Table.from_pandas(frame, preserve_index=False), mcfg.schema, mcfg.serialize)
@@ -173,7 +195,8 @@ def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: i
     def score_nightscore(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
         loaded = store.load(model_dir)
         mcfg = loaded.config
-        predictor = Predictor(loaded, precision="fp32", micro_batch=micro_batch, threads=1, onednn=onednn)
+        predictor = Predictor(loaded, precision=precision, micro_batch=micro_batch, threads=1, onednn=onednn,
+                              compile=compile_)
         for frame in batches:
             ids = tokenize(texts_of(frame, mcfg), loaded.tokenizer, mcfg.model.max_length)
             yield pd.Series(predictor.predict(ids).pd)
@@ -188,7 +211,7 @@ def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: i
         tokenizer = AutoTokenizer.from_pretrained(str(loaded.root / store.BACKBONE_DIR))
         for frame in batches:
             texts, logits = texts_of(frame, mcfg).to_pylist(), []
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast:
                 for i in range(0, len(texts), micro_batch):
                     enc = tokenizer(texts[i:i + micro_batch], padding=True, truncation=True,
                                     max_length=mcfg.model.max_length, return_tensors="pt")
@@ -211,13 +234,14 @@ def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: i
     return rows / elapsed
 
 
-def spark_run(snapshot_dir: str, model_dir: str, cfg, rows: int, out_dir: str, peer: str) -> tuple[float, dict]:
+def spark_run(snapshot_dir: str, model_dir: str, cfg, rows: int, out_dir: str, peer: str,
+              precision: str) -> tuple[float, dict]:
     """(rows/s, CPU shares) of one Spark peer in a fresh process: each run starts its own JVM,
     as a Spark job does (a second session in this process would find the first one's JVM warm)."""
     import multiprocessing
 
     with Usage() as usage, multiprocessing.get_context("spawn").Pool(1) as pool:
-        rate = pool.apply(spark_rows_per_s, (snapshot_dir, model_dir, cfg, rows, 2, out_dir, peer))
+        rate = pool.apply(spark_rows_per_s, (snapshot_dir, model_dir, cfg, rows, 2, out_dir, peer, precision))
     return rate, usage.shares(2)
 
 
@@ -299,13 +323,16 @@ def main() -> None:
         ids = tokenize(serialize(sample_table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
         seq = sum(len(x) for x in ids.to_pylist()) / len(ids)
         flops_per_token = model_flops_per_token(loaded.model, seq)
-        # the configured kernels, and MKL's plain ones for comparison (each on its own model copy:
-        # prepacking swaps the layers in place)
+        # the kernels the headline's actors use (compiled when they compile), and eager ones
+        # for comparison (each on its own model copy: prepacking swaps the layers in place)
+        compiles = cfg.score.compiles(args.rows / cfg.score.num_actors)
         predictors = {kernels: Predictor(store.load(args.model), precision=cfg.score.precision,
-                                         micro_batch=cfg.score.micro_batch, threads=2, onednn=onednn)
-                      for kernels, onednn in (("configured", cfg.score.onednn), ("aten", False))}
+                                         micro_batch=cfg.score.micro_batch, threads=2, onednn=cfg.score.onednn,
+                                         compile=compile_)
+                      for kernels, compile_ in (("configured", compiles), ("eager", False))}
         for predictor in predictors.values():
-            predictor.predict(ids.slice(0, 32))  # warm-up and precision choice, not timed
+            predictor.predict(ids.slice(0, 64))  # warm-up, precision choice and compilation, not timed
+        precision = precision_of(predictors["configured"])
 
         def raw_rate(kernels: str = "configured") -> float:
             t0 = time.perf_counter()
@@ -313,10 +340,10 @@ def main() -> None:
             return s_rows / (time.perf_counter() - t0)
 
         raw = raw_rate()
-        note(raw_rows_per_s=raw, mean_tokens=seq, precision=str(predictors["configured"].dtype or "fp32"))
-        if cfg.score.onednn:
-            aten = raw_rate("aten")
-            note(raw_aten_rows_per_s=aten, onednn_over_aten=raw / aten)
+        note(raw_rows_per_s=raw, mean_tokens=seq, precision=precision, compiled=compiles)
+        if compiles:
+            eager = raw_rate("eager")
+            note(raw_eager_rows_per_s=eager, compiled_over_eager=raw / eager)
         peak32, peak16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
         achieved = raw * seq * flops_per_token
         note(gemm_peak_fp32_gflops=peak32 / 1e9, gemm_peak_bf16_gflops=peak16 / 1e9,
@@ -330,7 +357,8 @@ def main() -> None:
 
             ray.shutdown()  # Spark gets the machine to itself, as Ray had
             for peer in args.spark_peers.split(","):
-                spark, shares = spark_run(f"{tmp}/n", args.model, cfg, args.rows, f"{tmp}/spark-{peer}", peer)
+                spark, shares = spark_run(f"{tmp}/n", args.model, cfg, args.rows, f"{tmp}/spark-{peer}", peer,
+                                          precision)
                 gap = pd_gap(f"{tmp}/out", record, f"{tmp}/spark-{peer}", cfg.schema.id)
                 note(**{f"spark_{peer}_rows_per_s": spark, f"e2e_vs_spark_{peer}": rate / spark,
                         f"spark_{peer}_max_pd_gap": gap, **{f"spark_{peer}_{k}": v for k, v in shares.items()}})

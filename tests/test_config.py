@@ -84,3 +84,16 @@ def test_job_exits_2_on_bad_config(job, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "train.nope: unknown key" in r.stderr
+
+
+def test_compile_auto_follows_rows_per_model_copy(tmp_path, raw):
+    from nightscore.config import COMPILE_MIN_ROWS
+
+    score = load_config(LOCAL_CONFIG).score
+    assert score.compile == "auto"
+    assert not score.compiles(COMPILE_MIN_ROWS - 1) and score.compiles(COMPILE_MIN_ROWS)
+    assert load_config(LOCAL_CONFIG, ["score.compile=false"]).score.compiles(10**9) is False
+    assert load_config(LOCAL_CONFIG, ["score.compile=true"]).score.compiles(1) is True
+    raw["score"]["compile"] = "sometimes"
+    with pytest.raises(ConfigError, match=r"score\.compile"):
+        load_config(write(tmp_path, raw))

@@ -137,3 +137,24 @@ def test_heads_stay_fp32_under_bf16_autocast():
     # every row keeps a distinct logit, close to fp32 (bf16 rounding alone would merge many)
     assert len(torch.unique(bf16["default_logit"])) == len(torch.unique(fp32["default_logit"]))
     torch.testing.assert_close(bf16["default_logit"], fp32["default_logit"], rtol=0.05, atol=0.02)
+
+
+@pytest.mark.slow
+def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir):
+    """score.compile runs the model through TorchInductor; PDs, propensities and reason-code
+    attributions (taken eagerly, for the explained rows) stay those of the eager model."""
+    loaded = store.load(tiny_model_dir)
+    cfg = loaded.config
+    table, _ = synth.generate(70, dt.date(2026, 11, 23), 5, loaded.meta["product_ids"])
+    ids, fields = tokenize_with_fields(serialize(table, cfg.schema, cfg.serialize),
+                                       field_spans(table, cfg.schema, cfg.serialize), loaded.tokenizer,
+                                       cfg.model.max_length)
+    explain = dict(token_field=fields, n_fields=len(model_features(cfg.schema)), explain=lambda pd: pd > np.median(pd))
+    eager = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids, **explain)
+    predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile=True)
+    got = predictor.predict(ids, **explain)
+    assert predictor.forward is not predictor.model  # the compiled module ran
+    np.testing.assert_allclose(got.pd, eager.pd, rtol=1e-4)
+    np.testing.assert_allclose(got.propensity, eager.propensity, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(got.explained, eager.explained)
+    np.testing.assert_allclose(got.contrib, eager.contrib, rtol=1e-3, atol=1e-6)

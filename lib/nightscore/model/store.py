@@ -14,18 +14,20 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
 import yaml
-from safetensors.torch import load_file, save_file
 
 from .. import storage
 from ..config import Config, S3Spec
-from .network import CreditModel
+
+if TYPE_CHECKING:  # torch loads in save/load only: the scoring driver verifies models without it (~3 s less start-up)
+    import torch
+
+    from .network import CreditModel
 
 MANIFEST = "manifest.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".h5")
@@ -128,6 +130,7 @@ def save(out_uri: str, *, state_dict: dict[str, torch.Tensor], base_backbone: st
          catalog_yaml: str, metrics: dict[str, Any], training: dict[str, Any],
          reference: pa.Table | None = None, s3: S3Spec | None = None) -> dict[str, Any]:
     """Write a complete model directory to `out_uri` (local or s3://); manifest last."""
+    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,7 +224,10 @@ def load_config(root: Path) -> Config:
 
 def load(uri: str, s3: S3Spec | None = None) -> LoadedModel:
     """Verify then load a model directory (safetensors only, no remote code)."""
+    from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
+
+    from .network import CreditModel
 
     root = fetch(uri, s3)
     meta = load_meta(root)

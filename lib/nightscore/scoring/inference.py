@@ -128,7 +128,8 @@ def spread(model: CreditModel, devices: list[torch.device]) -> CreditModel:
 
 class Predictor:
     def __init__(self, loaded: LoadedModel, device: str | None = None, precision: str = "auto",
-                 micro_batch: int = 32, threads: int | None = None, gpus: int = 1, onednn: bool = True):
+                 micro_batch: int = 32, threads: int | None = None, gpus: int = 1, onednn: bool = True,
+                 compile: bool = False):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -142,17 +143,22 @@ class Predictor:
         self.micro_batch = micro_batch
         self.precision = precision
         self.onednn = onednn
+        self.compile = compile
         self.dtype: torch.dtype | None = None
-        self._dtype_chosen = False
+        self.forward: Callable[..., dict[str, torch.Tensor]] = self.model
+        self._ready = False
 
-    def _ensure_dtype(self, sample: list[np.ndarray]) -> None:
-        """Precision on the first call (it may time both); then, for fp32 on a CPU, the
-        oneDNN-prepacked linear layers."""
-        if not self._dtype_chosen:
-            self.dtype = choose_dtype(self.precision, self.device, self.model, sample[:PROBE_ROWS])
-            self._dtype_chosen = True
-            if self.onednn and self.device.type == "cpu" and self.dtype is None and onednn_ready():
-                prepack(self.model, self.micro_batch * 128)
+    def _prepare(self, sample: list[np.ndarray]) -> None:
+        """On the first call: the precision (it may time both), then the kernels: the model
+        compiled, or for fp32 on a CPU the oneDNN-prepacked linear layers."""
+        if self._ready:
+            return
+        self.dtype = choose_dtype(self.precision, self.device, self.model, sample[:PROBE_ROWS])
+        self._ready = True
+        if self.compile:
+            self.forward = compiled(self.model)
+        elif self.onednn and self.device.type == "cpu" and self.dtype is None and onednn_ready():
+            prepack(self.model, self.micro_batch * 128)
 
     def _batches(self, ids: list[np.ndarray]):
         """Row indices in micro-batches of similar length (less padding, same results)."""
@@ -164,46 +170,61 @@ class Predictor:
                 n_fields: int = 0, explain: Callable[[np.ndarray], np.ndarray] | None = None) -> Predictions:
         """Calibrated PD and product propensities for every row.
 
-        With `explain` (calibrated PDs -> rows to explain) and `token_field`, the same forward
-        pass also yields per-field gradient x input attributions of the default logit for
-        those rows: one backward pass, no second forward.
+        With `explain` (calibrated PDs -> rows to explain) and `token_field`, the rows it picks
+        also get per-field gradient x input attributions of the default logit: a second,
+        eager forward and one backward pass over those rows alone.
         """
         ids = _as_arrays(input_ids)
         fields = _as_arrays(token_field) if explain is not None else None
         n = len(ids)
-        self._ensure_dtype(ids)
+        self._prepare(ids)
         meta = self.loaded.meta
         logits = np.zeros(n, dtype=np.float64) if meta["default_head"] else None
         props = np.zeros((n, len(meta["product_ids"])), dtype=np.float32) if meta["product_ids"] else None
         explained = np.zeros(n, dtype=bool) if fields is not None and logits is not None else None
         contrib = np.zeros((n, n_fields), dtype=np.float32) if explained is not None else None
-        embed = self.model.backbone.get_input_embeddings()
         for rows in self._batches(ids):
             x, mask = pad_batch([ids[i] for i in rows], self.pad_id)
-            x, mask = x.to(self.device), mask.to(self.device)
-            with torch.set_grad_enabled(explained is not None), _autocast(self.device, self.dtype):
-                e = embed(x).detach().float().requires_grad_(True) if explained is not None else None
-                out = self.model(x, mask, inputs_embeds=e)
+            with torch.no_grad(), _autocast(self.device, self.dtype):
+                out = self.forward(x.to(self.device), mask.to(self.device))
             if props is not None:
-                props[rows] = torch.sigmoid(out["product_logits"].detach().float()).cpu().numpy()
+                props[rows] = torch.sigmoid(out["product_logits"].float()).cpu().numpy()
             if logits is None:
                 continue
-            batch_logits = out["default_logit"].float()
-            logits[rows] = batch_logits.detach().cpu().numpy()
+            logits[rows] = out["default_logit"].float().cpu().numpy()
             if explained is None:
                 continue
             flag = np.asarray(explain(calibration.apply(meta["calibration"], logits[rows])), dtype=bool)
-            if not flag.any():
-                continue
-            batch_logits[torch.from_numpy(flag).to(self.device)].sum().backward()
-            f, _ = pad_batch([fields[i].astype(np.int64) + 1 for i in rows], 0)  # 0: padding / special token
-            per_token = (e.grad * e.detach()).sum(-1) * mask
-            per_field = torch.zeros(len(rows), n_fields + 1, device=self.device)
-            per_field.scatter_add_(1, f.to(self.device), per_token)
-            contrib[rows[flag]] = per_field[torch.from_numpy(flag).to(self.device), 1:].cpu().numpy()
-            explained[rows[flag]] = True
+            if flag.any():
+                picked = rows[flag]
+                contrib[picked] = self._attributions([ids[i] for i in picked], [fields[i] for i in picked], n_fields)
+                explained[picked] = True
         pd = calibration.apply(meta["calibration"], logits) if logits is not None else None
         return Predictions(pd=pd, propensity=props, explained=explained, contrib=contrib)
+
+    def _attributions(self, ids: list[np.ndarray], fields: list[np.ndarray], n_fields: int) -> np.ndarray:
+        """(rows, fields): gradient x input of each row's default logit, summed per field."""
+        x, mask = pad_batch(ids, self.pad_id)
+        x, mask = x.to(self.device), mask.to(self.device)
+        with torch.enable_grad(), _autocast(self.device, self.dtype):
+            e = self.model.backbone.get_input_embeddings()(x).detach().float().requires_grad_(True)
+            self.model(x, mask, inputs_embeds=e)["default_logit"].float().sum().backward()
+        f, _ = pad_batch([fi.astype(np.int64) + 1 for fi in fields], 0)  # 0: padding / special token
+        per_token = (e.grad * e.detach()).sum(-1) * mask
+        per_field = torch.zeros(len(ids), n_fields + 1, device=self.device)
+        per_field.scatter_add_(1, f.to(self.device), per_token)
+        return per_field[:, 1:].cpu().numpy()
+
+
+def compiled(model: nn.Module) -> Callable[..., dict[str, torch.Tensor]]:
+    """The model through TorchInductor: weights frozen as constants (so prepacked for oneDNN /
+    AMX once), layer norms, GELUs and residual adds fused into vectorised kernels, one graph
+    for every batch shape. bf16 MiniLM on a 1-core AMX CPU ran 1.55x its eager speed; compiling
+    costs ~20-30 s of CPU per process (bench/RESULTS.md), so it pays on large inputs only."""
+    import torch._inductor.config as inductor
+
+    inductor.freezing = True  # process-wide: compile(options=...) did not reach the lazy first compile
+    return torch.compile(model, dynamic=True)
 
 
 def _as_arrays(col: pa.ListArray | pa.ChunkedArray | list | np.ndarray) -> list[np.ndarray]:

@@ -43,7 +43,8 @@ class InvariantError(Exception):
 class ScoringActor:
     """Holds one verified model copy; turns token batches into finished score rows."""
 
-    def __init__(self, model_uri: str, cfg: dict[str, Any], run_id: str, fail_marker: str | None = None):
+    def __init__(self, model_uri: str, cfg: dict[str, Any], run_id: str, compile: bool,
+                 fail_marker: str | None = None):
         import torch
 
         from .inference import Predictor
@@ -54,7 +55,7 @@ class ScoringActor:
         self.predictor = Predictor(loaded, precision=s.precision, micro_batch=s.micro_batch,
                                    threads=s.torch_threads or max(1, int(s.cpus_per_actor)),
                                    device="cuda" if s.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu",
-                                   gpus=max(1, int(s.gpus_per_actor)), onednn=s.onednn)
+                                   gpus=max(1, int(s.gpus_per_actor)), onednn=s.onednn, compile=compile)
         self.model_cfg = loaded.config
         self.version = loaded.version
         self.catalog = load_catalog(self.cfg.products.catalog, self.cfg.storage.s3)
@@ -156,7 +157,8 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
         ).map_batches(
             ScoringActor, batch_format="pyarrow", batch_size=s.batch_size,
             fn_constructor_kwargs=dict(model_uri=str(model_dir) if not storage.is_s3(model_uri) else model_uri,
-                                       cfg=cfg.to_dict(), run_id=run_id, fail_marker=drill),
+                                       cfg=cfg.to_dict(), run_id=run_id, compile=s.compiles(input_rows / s.num_actors),
+                                       fail_marker=drill),
             compute=ray.data.ActorPoolStrategy(size=s.num_actors),
             # Ray Data restarts a lost actor and retries its tasks unless told otherwise
             num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None,
