@@ -8,8 +8,10 @@ The headline is the configured layout's end-to-end rate on all N rows; with --sp
 scores the same N rows right after it, twice (both frameworks pay their own start-up, so all
 are compared at the same size): once with nightscore's own inference code inside the
 pandas_udf (the platforms alone differ), once with the pandas_udf a team would write with
-Hugging Face directly (the alternative to adopting nightscore). Raw in-process and the actor
-layouts run on a random sample of S of those rows (their per-row rates do not depend on N).
+Hugging Face directly (the alternative to adopting nightscore). Raw in-process is the same
+model in this process on the same N texts (tokenised, then predicted), half of them just before
+the headline and half just after, so that it spans the same stretch of a drifting machine; the
+actor layouts and the compiled-vs-eager comparison run on a random sample of S of the rows.
 Every end-to-end and Spark run also splits the machine's CPU time between the processes
 that run the model and everything else (the platform). Each result is printed as a
 `[bench]` line when measured, written to --json as it comes, and printed as JSON at the end.
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -85,6 +88,27 @@ def model_flops_per_token(model, seq: float) -> float:
     cfg = model.backbone.config
     params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
     return 2 * params + 4 * cfg.num_hidden_layers * cfg.hidden_size * seq
+
+
+def raw_half(predictor: Predictor, tokenizer, max_length: int, texts: pa.Array) -> dict[str, float]:
+    """The model in this process on model texts: tokenise, then predict, each timed."""
+    t0 = time.perf_counter()
+    ids = tokenize(texts, tokenizer, max_length)
+    t1 = time.perf_counter()
+    predictor.predict(ids)
+    t2 = time.perf_counter()
+    tokens = pc.sum(pc.list_value_length(ids)).as_py()
+    return {"rows": len(texts), "tokens": tokens, "tokenize_s": t1 - t0, "model_s": t2 - t1}
+
+
+def mfu(half: dict[str, float], model, peak32: float, peak16: float, when: str) -> dict[str, float]:
+    """Model FLOP/s over the model time of one raw half, against the GEMM peaks."""
+    seq = half["tokens"] / half["rows"]
+    achieved = half["tokens"] * model_flops_per_token(model, seq) / half["model_s"]
+    return {f"raw_{when}_rows_per_s": half["rows"] / (half["tokenize_s"] + half["model_s"]),
+            f"raw_{when}_tokenize_share": half["tokenize_s"] / (half["tokenize_s"] + half["model_s"]),
+            f"mean_tokens_{when}": seq, f"model_gflops_{when}": achieved / 1e9,
+            f"mfu_vs_fp32_peak_{when}": achieved / peak32, f"mfu_vs_bf16_peak_{when}": achieved / peak16}
 
 
 MODEL_PROCESSES = ("ScoringActor", "pyspark.daemon")  # Ray's inference actors, Spark's Python workers
@@ -321,8 +345,6 @@ def main() -> None:
         loaded = store.load(args.model)
         mcfg = loaded.config
         ids = tokenize(serialize(sample_table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
-        seq = sum(len(x) for x in ids.to_pylist()) / len(ids)
-        flops_per_token = model_flops_per_token(loaded.model, seq)
         # the kernels the headline's actors use (compiled when they compile), and eager ones
         # for comparison (each on its own model copy: prepacking swaps the layers in place)
         compiles = cfg.score.compiles(args.rows / cfg.score.num_actors)
@@ -339,19 +361,26 @@ def main() -> None:
             predictors[kernels].predict(ids)
             return s_rows / (time.perf_counter() - t0)
 
-        raw = raw_rate()
-        note(raw_rows_per_s=raw, mean_tokens=seq, precision=precision, compiled=compiles)
         if compiles:
-            eager = raw_rate("eager")
-            note(raw_eager_rows_per_s=eager, compiled_over_eager=raw / eager)
+            note(sample_raw_rows_per_s=raw_rate(), sample_raw_eager_rows_per_s=raw_rate("eager"))
+            note(compiled_over_eager=out["sample_raw_rows_per_s"] / out["sample_raw_eager_rows_per_s"])
+        texts = serialize(table, mcfg.schema, mcfg.serialize)
+        halves = [raw_half(predictors["configured"], loaded.tokenizer, mcfg.model.max_length,
+                           texts.slice(0, args.rows // 2))]
         peak32, peak16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
-        achieved = raw * seq * flops_per_token
-        note(gemm_peak_fp32_gflops=peak32 / 1e9, gemm_peak_bf16_gflops=peak16 / 1e9,
-             model_gflops=achieved / 1e9, mfu_vs_fp32_peak=achieved / peak32, mfu_vs_bf16_peak=achieved / peak16)
+        note(precision=precision, compiled=compiles, gemm_peak_fp32_gflops=peak32 / 1e9,
+             gemm_peak_bf16_gflops=peak16 / 1e9, **mfu(halves[0], loaded.model, peak32, peak16, "before"))
 
-        # the headline first: on a small machine it is hours, the rest minutes
+        # the headline: on a small machine it is the longest part
         rate, rss, shares, record = e2e(cfg, f"{tmp}/n", args.model, f"{tmp}/out", args.rows)
         note(e2e_rows_per_s=rate, e2e_peak_rss_mb=rss, **{f"e2e_{k}": v for k, v in shares.items()})
+        # the other half right after it: the machine's speed drifts by tens of percent within
+        # minutes, so raw spans the same stretch of time as the headline, on all N texts
+        halves.append(raw_half(predictors["configured"], loaded.tokenizer, mcfg.model.max_length,
+                               texts.slice(args.rows // 2)))
+        raw = args.rows / sum(h["tokenize_s"] + h["model_s"] for h in halves)
+        note(**mfu(halves[1], loaded.model, peak32, peak16, "after"), raw_rows_per_s=raw,
+             raw_model_only_rows_per_s=args.rows / sum(h["model_s"] for h in halves), e2e_vs_raw=rate / raw)
         if args.spark:
             import ray
 
@@ -362,9 +391,6 @@ def main() -> None:
                 gap = pd_gap(f"{tmp}/out", record, f"{tmp}/spark-{peer}", cfg.schema.id)
                 note(**{f"spark_{peer}_rows_per_s": spark, f"e2e_vs_spark_{peer}": rate / spark,
                         f"spark_{peer}_max_pd_gap": gap, **{f"spark_{peer}_{k}": v for k, v in shares.items()}})
-        # raw again: over a long headline the machine's speed drifts; compare with the mean of both
-        raw = (raw + raw_rate()) / 2
-        note(raw_rows_per_s_mean=raw, e2e_vs_raw=rate / raw)
 
         # both actor layouts on the same 2 cores, on the sample
         configured = f"{cfg.score.num_actors}x{cfg.score.cpus_per_actor:g}"
