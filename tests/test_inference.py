@@ -27,16 +27,22 @@ def test_explicit_precision_and_cpus_without_bf16_need_no_timing():
     assert choose_dtype("auto", cpu, Untimeable(), []) is None
 
 
+def explainable_rows(loaded, rows: int, seed: int):
+    """Token ids and per-token field indices of synthetic rows, as the scoring actors get them."""
+    cfg = loaded.config
+    table, _ = synth.generate(rows, dt.date(2026, 11, 23), seed, loaded.meta["product_ids"])
+    return tokenize_with_fields(serialize(table, cfg.schema, cfg.serialize),
+                                field_spans(table, cfg.schema, cfg.serialize), loaded.tokenizer,
+                                cfg.model.max_length)
+
+
 def test_attributions_leave_predictions_unchanged(tiny_model_dir):
     loaded = store.load(tiny_model_dir)
-    cfg = loaded.config
-    table, _ = synth.generate(150, dt.date(2026, 11, 23), 9, loaded.meta["product_ids"])
-    ids, fields = tokenize_with_fields(serialize(table, cfg.schema, cfg.serialize),
-                                       field_spans(table, cfg.schema, cfg.serialize), loaded.tokenizer,
-                                       cfg.model.max_length)
+    ids, fields = explainable_rows(loaded, 150, 9)
     predictor = Predictor(loaded, precision="fp32", micro_batch=32)
     plain = predictor.predict(ids)
-    explained = predictor.predict(ids, fields, len(model_features(cfg.schema)), explain=lambda pd: pd > np.median(pd))
+    explained = predictor.predict(ids, fields, len(model_features(loaded.config.schema)),
+                                  explain=lambda pd: pd > np.median(pd))
     assert plain.explained is None and plain.contrib is None
     np.testing.assert_allclose(plain.pd, explained.pd, rtol=1e-5)
     np.testing.assert_allclose(plain.propensity, explained.propensity, rtol=1e-5)
@@ -144,12 +150,9 @@ def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir):
     """score.compile runs the model through TorchInductor; PDs, propensities and reason-code
     attributions (taken eagerly, for the explained rows) stay those of the eager model."""
     loaded = store.load(tiny_model_dir)
-    cfg = loaded.config
-    table, _ = synth.generate(70, dt.date(2026, 11, 23), 5, loaded.meta["product_ids"])
-    ids, fields = tokenize_with_fields(serialize(table, cfg.schema, cfg.serialize),
-                                       field_spans(table, cfg.schema, cfg.serialize), loaded.tokenizer,
-                                       cfg.model.max_length)
-    explain = dict(token_field=fields, n_fields=len(model_features(cfg.schema)), explain=lambda pd: pd > np.median(pd))
+    ids, fields = explainable_rows(loaded, 70, 5)
+    explain = dict(token_field=fields, n_fields=len(model_features(loaded.config.schema)),
+                   explain=lambda pd: pd > np.median(pd))
     eager = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids, **explain)
     predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile=True)
     got = predictor.predict(ids, **explain)
