@@ -216,8 +216,8 @@ class ScoreSpec(Strict):
     prep_batch_size: int | None = Field(default=None, ge=1)
     precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto: bf16 where the hardware has it (see choose_dtype)
     onednn: bool = True  # fp32 on CPU: linear layers prepacked for oneDNN (~8-13 % faster than MKL on AVX2)
-    # torch.compile the model in each actor: bf16 on an AMX CPU ran 1.55x eager, for ~20-30 s
-    # of compilation per actor; "auto" compiles when each actor gets COMPILE_MIN_ROWS rows or more
+    # torch.compile the model in each actor: bf16 on an AMX CPU ran 1.4-1.6x eager, for ~15-30 s
+    # of compilation per actor; "auto" compiles CPU actors that get COMPILE_MIN_ROWS rows or more
     compile: bool | Literal["auto"] = "auto"
     rows_per_file: int = 200_000
     torch_threads: int | None = None
@@ -230,8 +230,11 @@ class ScoreSpec(Strict):
         return self.prep_batch_size or self.batch_size
 
     def compiles(self, rows_per_copy: int | float) -> bool:
-        """Whether a model copy (an actor, or one process) that scores this many rows compiles it."""
-        return self.compile if self.compile != "auto" else rows_per_copy >= COMPILE_MIN_ROWS
+        """Whether a model copy (an actor, or one process) that scores this many rows compiles it.
+        'auto' leaves GPU actors eager: the pay-back was measured on CPUs only; `true` forces it."""
+        if self.compile != "auto":
+            return self.compile
+        return self.gpus_per_actor == 0 and rows_per_copy >= COMPILE_MIN_ROWS
 
 
 class RaySpec(Strict):

@@ -155,7 +155,7 @@ class Predictor:
             return
         self.dtype = choose_dtype(self.precision, self.device, self.model, sample[:PROBE_ROWS])
         self._ready = True
-        if self.compile:
+        if self.compile and not hasattr(self.model, "hf_device_map"):  # a model spread over GPUs stays eager
             self.forward = compiled(self.model)
         elif self.onednn and self.device.type == "cpu" and self.dtype is None and onednn_ready():
             prepack(self.model, self.micro_batch * 128)
