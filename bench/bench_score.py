@@ -101,8 +101,9 @@ def raw_half(predictor: Predictor, tokenizer, max_length: int, texts: pa.Array) 
     return {"rows": len(texts), "tokens": tokens, "tokenize_s": t1 - t0, "model_s": t2 - t1}
 
 
-def mfu(half: dict[str, float], model, peak32: float, peak16: float, when: str) -> dict[str, float]:
-    """Model FLOP/s over the model time of one raw half, against the GEMM peaks."""
+def raw_figures(half: dict[str, float], model, peak32: float, peak16: float, when: str) -> dict[str, float]:
+    """One raw half's rows/s (tokenisation included), and its model FLOP/s over the model time
+    alone against the GEMM peaks."""
     seq = half["tokens"] / half["rows"]
     achieved = half["tokens"] * model_flops_per_token(model, seq) / half["model_s"]
     return {f"raw_{when}_rows_per_s": half["rows"] / (half["tokenize_s"] + half["model_s"]),
@@ -369,7 +370,7 @@ def main() -> None:
                            texts.slice(0, args.rows // 2))]
         peak32, peak16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
         note(precision=precision, compiled=compiles, gemm_peak_fp32_gflops=peak32 / 1e9,
-             gemm_peak_bf16_gflops=peak16 / 1e9, **mfu(halves[0], loaded.model, peak32, peak16, "before"))
+             gemm_peak_bf16_gflops=peak16 / 1e9, **raw_figures(halves[0], loaded.model, peak32, peak16, "before"))
 
         # the headline: on a small machine it is the longest part
         rate, rss, shares, record = e2e(cfg, f"{tmp}/n", args.model, f"{tmp}/out", args.rows)
@@ -379,7 +380,7 @@ def main() -> None:
         halves.append(raw_half(predictors["configured"], loaded.tokenizer, mcfg.model.max_length,
                                texts.slice(args.rows // 2)))
         raw = args.rows / sum(h["tokenize_s"] + h["model_s"] for h in halves)
-        note(**mfu(halves[1], loaded.model, peak32, peak16, "after"), raw_rows_per_s=raw,
+        note(**raw_figures(halves[1], loaded.model, peak32, peak16, "after"), raw_rows_per_s=raw,
              raw_model_only_rows_per_s=args.rows / sum(h["model_s"] for h in halves), e2e_vs_raw=rate / raw)
         if args.spark:
             import ray
