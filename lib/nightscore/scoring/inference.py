@@ -219,8 +219,8 @@ class Predictor:
 def compiled(model: nn.Module) -> Callable[..., dict[str, torch.Tensor]]:
     """The model through TorchInductor: weights frozen as constants (so prepacked for oneDNN /
     AMX once), layer norms, GELUs and residual adds fused into vectorised kernels, one graph
-    for every batch shape. bf16 MiniLM on a 1-core AMX CPU ran 1.55x its eager speed; compiling
-    costs ~20-30 s of CPU per process (bench/RESULTS.md), so it pays on large inputs only."""
+    for every batch shape. bf16 MiniLM on an AMX CPU ran 1.4-1.6x its eager speed; compiling
+    costs ~15 s per process (bench/RESULTS.md), so it pays on large inputs only."""
     import torch._inductor.config as inductor
 
     inductor.freezing = True  # process-wide: compile(options=...) did not reach the lazy first compile
