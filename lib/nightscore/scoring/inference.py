@@ -221,9 +221,12 @@ def compiled(model: nn.Module) -> Callable[..., dict[str, torch.Tensor]]:
     AMX once), layer norms, GELUs and residual adds fused into vectorised kernels, one graph
     for every batch shape. bf16 MiniLM on an AMX CPU ran 1.4-1.6x its eager speed; compiling
     costs ~15 s per process (bench/RESULTS.md), so it pays on large inputs only."""
+    import torch._dynamo.config as dynamo
     import torch._inductor.config as inductor
 
     inductor.freezing = True  # process-wide: compile(options=...) did not reach the lazy first compile
+    # Python floats as constants: a symbolic one made Dynamo trace MiniLM twice (~4 s more)
+    dynamo.specialize_float = True
     return torch.compile(model, dynamic=True)
 
 

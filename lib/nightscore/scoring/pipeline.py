@@ -45,6 +45,7 @@ class ScoringActor:
 
     def __init__(self, model_uri: str, cfg: dict[str, Any], run_id: str, compile: bool,
                  fail_marker: str | None = None):
+        started = time.perf_counter()
         import torch
 
         from .inference import Predictor
@@ -65,16 +66,21 @@ class ScoringActor:
         self.run_id = run_id
         self.fail_marker = fail_marker
         self.batches = 0
+        print(f"[score] actor ready in {time.perf_counter() - started:.1f} s (model {self.version}, "
+              f"{'compiled on first batch' if compile else 'eager'})", flush=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from .outputs import explain_mask, reasons_for, scores_table
 
         self._fault_drill()
+        started = time.perf_counter()
         # gradients (and the activations they keep) only when reason codes are asked for
         explain = (lambda pd: explain_mask(pd, self.cfg)) if self.cfg.scorecard.reason_codes else None
         preds = self.predictor.predict(batch.column("input_ids"), batch.column("token_field"), self.n_fields,
                                        explain=explain)
         reasons = reasons_for(preds, self.model_cfg, self.cfg, batch.num_rows)
+        if self.batches == 1:
+            print(f"[score] first batch: {batch.num_rows} rows in {time.perf_counter() - started:.1f} s", flush=True)
         return scores_table(batch, cfg=self.cfg, catalog=self.catalog, product_index=self.product_index,
                             pd=preds.pd, propensity=preds.propensity, reasons=reasons,
                             model_version=self.version, run_id=self.run_id)
@@ -140,13 +146,14 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
              if s.kill_actor_after_batches is not None else None)
     # Blocks of at most batch_size x max_length x 6 bytes: a prepared row holds ~6 bytes per
     # token, so a prepared block is about one actor call. Where Ray Data fuses preparation into
-    # the actor (one CPU, no GPU per actor) the cap applies to the raw blocks read instead (a few
-    # thousand rows each for the synthetic schema), and prep_rows bundles share them out. Either
-    # way actors start on the first rows read, and each has work even when the snapshot is a few
-    # small files, which Ray Data would otherwise read as one block.
+    # the actor (one CPU, no GPU per actor) the cap applies to the raw blocks read instead (~1,000
+    # rows each for the synthetic schema at batch_size 512), so the last blocks leave no actor
+    # idle for long. Either way actors start on the first rows read, and each has work even
+    # when the snapshot is a few small files, which Ray Data would otherwise read as one block.
+    # The 256 KiB floor keeps tiny batch sizes from making thousands of blocks.
     data_ctx = ray.data.DataContext.get_current()
     saved = data_ctx.target_max_block_size, data_ctx.use_datasource_v2
-    data_ctx.target_max_block_size = max(1 << 20, s.batch_size * model_cfg.model.max_length * 6)
+    data_ctx.target_max_block_size = max(1 << 18, s.batch_size * model_cfg.model.max_length * 6)
     # Ray's V2 Parquet reader starts a pool of footer-reading actors (~14 CPU-seconds on a
     # laptop); preflight has already read every footer, so the V1 reader's plan is enough.
     data_ctx.use_datasource_v2 = False

@@ -1,0 +1,114 @@
+"""Where the compiled model's time goes, and what caps its FLOP utilisation: the forward pass
+profiled by kernel class (linear layers, attention, Inductor's fused element-wise kernels),
+each class's FLOP/s, and every attention kernel PyTorch offers on this CPU at the model's
+attention shape.
+
+    python bench/bench_mfu.py --model MODEL_DIR [--rows 600] [--threads 2] [--peak GFLOPS]
+
+--peak is the bf16 GEMM peak that bench_score.py measured (default: its fifth run's).
+"""
+import argparse
+import time
+
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from bench_score import CONFIG, DATE, model_flops_per_token
+from nightscore import synth
+from nightscore.config import load_config
+from nightscore.model import store
+from nightscore.model.tokens import tokenize
+from nightscore.scoring.inference import Predictor
+from nightscore.serialize import serialize
+
+KERNELS = {"linear": ("linear", "addmm", "mm"), "attention": ("attention",)}
+
+
+def kernel_class(name: str) -> str:
+    low = name.lower()
+    return next((k for k, keys in KERNELS.items() if any(x in low for x in keys)), "other")
+
+
+def attention_rates(batch: int, heads: int, seq: int, dim: int, reps: int = 20) -> dict[str, float]:
+    """GFLOP/s (4·b·h·L²·d per call) of each attention implementation at one shape, in bf16."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    q, k, v = (torch.randn(batch, heads, seq, dim, dtype=torch.bfloat16) for _ in range(3))
+    lengths = torch.full((batch,), seq - seq // 10)
+    keep = torch.arange(seq)[None, None, None, :] < lengths[:, None, None, None]
+    bias = torch.zeros(keep.shape, dtype=torch.bfloat16).masked_fill(~keep, float("-inf"))
+
+    def math(q, k, v, bias):
+        return torch.softmax((q @ k.transpose(-1, -2)) * dim**-0.5 + bias, -1) @ v
+
+    block_mask = create_block_mask(lambda b, h, qi, kv: kv < lengths[b], batch, None, seq, seq, device="cpu")
+    flex = torch.compile(flex_attention)
+    math_compiled = torch.compile(math)
+    candidates = {
+        "sdpa (flash, what the model uses)": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=keep),
+        "math: matmul, softmax, matmul": lambda: math(q, k, v, bias),
+        "math compiled by Inductor": lambda: math_compiled(q, k, v, bias),
+        "flex_attention compiled": lambda: flex(q, k, v, block_mask=block_mask),
+    }
+    rates = {}
+    for name, fn in candidates.items():
+        for _ in range(3):
+            fn()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        rates[name] = 4 * batch * heads * seq * seq * dim * reps / (time.perf_counter() - t0) / 1e9
+    return rates
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--rows", type=int, default=600)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--peak", type=float, default=2316.0, help="bf16 GEMM peak, GFLOP/s")
+    args = p.parse_args()
+    cfg = load_config(CONFIG)
+    loaded = store.load(args.model)
+    mcfg = loaded.config
+    table, _ = synth.generate(args.rows, DATE, 7, synth.catalog_product_ids(cfg.products.catalog))
+    ids = tokenize(serialize(table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
+    tokens = pc.sum(pc.list_value_length(ids)).as_py()
+    predictor = Predictor(loaded, precision="bf16", threads=args.threads, compile=True)
+    predictor.predict(ids)  # compile, and every batch shape once
+    predictor.predict(ids)
+    t0 = time.perf_counter()
+    predictor.predict(ids)
+    wall = time.perf_counter() - t0
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        predictor.predict(ids)
+
+    bb = loaded.model.backbone.config
+    seq = tokens / args.rows
+    total_flops = tokens * model_flops_per_token(loaded.model, seq)
+    attn_flops = tokens * 4 * bb.num_hidden_layers * bb.hidden_size * seq
+    spent = {"linear": 0.0, "attention": 0.0, "other": 0.0}
+    for e in prof.key_averages():
+        if e.self_cpu_time_total > 0:
+            spent[kernel_class(e.key)] += e.self_cpu_time_total / 1e6
+    profiled = sum(spent.values())
+    print(f"{args.rows} rows, {seq:.1f} tokens/row, {args.threads} thread(s): {args.rows / wall:.1f} rows/s, "
+          f"{total_flops / wall / 1e9:.0f} GFLOP/s = {total_flops / wall / 1e9 / args.peak:.1%} of the {args.peak:.0f} GFLOP/s peak")
+    flops = {"linear": total_flops - attn_flops, "attention": attn_flops, "other": 0.0}
+    for name, seconds in spent.items():
+        rate = f"{flops[name] / seconds / 1e9:7.0f} GFLOP/s" if flops[name] else "  (no GEMM FLOPs)"
+        print(f"  {name:10s} {seconds / profiled:6.1%} of the time {rate}")
+    ceiling = total_flops / (spent["linear"] / profiled * wall) / 1e9 / args.peak
+    print(f"  MFU if attention and the fused kernels took no time at all: {ceiling:.1%}")
+    batch = predictor.micro_batch
+    print(f"attention kernels at the model's shape (batch {batch}, {bb.num_attention_heads} heads, "
+          f"{round(seq)} tokens, head dim {bb.hidden_size // bb.num_attention_heads}), bf16:")
+    for name, rate in attention_rates(batch, bb.num_attention_heads, round(seq),
+                                      bb.hidden_size // bb.num_attention_heads).items():
+        print(f"  {name:36s} {rate:6.0f} GFLOP/s = {rate / args.peak:.1%} of the peak")
+
+
+if __name__ == "__main__":
+    main()
