@@ -220,7 +220,7 @@ def compiled(model: nn.Module) -> Callable[..., dict[str, torch.Tensor]]:
     """The model through TorchInductor: weights frozen as constants (so prepacked for oneDNN /
     AMX once), layer norms, GELUs and residual adds fused into vectorised kernels, one graph
     for every batch shape. bf16 MiniLM on an AMX CPU ran 1.4-1.6x its eager speed; compiling
-    costs ~15 s per process (bench/RESULTS.md), so it pays on large inputs only."""
+    costs ~12 s per process (bench/RESULTS.md), so it pays on large inputs only."""
     import torch._dynamo.config as dynamo
     import torch._inductor.config as inductor
 

@@ -146,14 +146,15 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
              if s.kill_actor_after_batches is not None else None)
     # Blocks of at most batch_size x max_length x 6 bytes: a prepared row holds ~6 bytes per
     # token, so a prepared block is about one actor call. Where Ray Data fuses preparation into
-    # the actor (one CPU, no GPU per actor) the cap applies to the raw blocks read instead (~1,000
-    # rows each for the synthetic schema at batch_size 512), so the last blocks leave no actor
-    # idle for long. Either way actors start on the first rows read, and each has work even
-    # when the snapshot is a few small files, which Ray Data would otherwise read as one block.
-    # The 256 KiB floor keeps tiny batch sizes from making thousands of blocks.
+    # the actor (one CPU, no GPU per actor) the cap applies to the raw blocks read instead (a few
+    # thousand rows each for the synthetic schema), and prep_rows bundles share them out. Either
+    # way actors start on the first rows read, and each has work even when the snapshot is a few
+    # small files, which Ray Data would otherwise read as one block. (Raw blocks of ~1,000 rows,
+    # from a 256 KiB floor, cut the first output from ~60 to ~40 s on 200,000 rows but scored
+    # ~2 % slower in steady state: bench/RESULTS.md, sixth run.)
     data_ctx = ray.data.DataContext.get_current()
     saved = data_ctx.target_max_block_size, data_ctx.use_datasource_v2
-    data_ctx.target_max_block_size = max(1 << 18, s.batch_size * model_cfg.model.max_length * 6)
+    data_ctx.target_max_block_size = max(1 << 20, s.batch_size * model_cfg.model.max_length * 6)
     # Ray's V2 Parquet reader starts a pool of footer-reading actors (~14 CPU-seconds on a
     # laptop); preflight has already read every footer, so the V1 reader's plan is enough.
     data_ctx.use_datasource_v2 = False
