@@ -150,8 +150,8 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
     # thousand rows each for the synthetic schema), and prep_rows bundles share them out. Either
     # way actors start on the first rows read, and each has work even when the snapshot is a few
     # small files, which Ray Data would otherwise read as one block. (Raw blocks of ~1,000 rows,
-    # from a 256 KiB floor, cut the first output from ~60 to ~40 s on 200,000 rows but scored
-    # ~2 % slower in steady state: bench/RESULTS.md, sixth run.)
+    # from a 256 KiB floor, gave the first output ~20 s sooner on 200,000 rows but a steady
+    # state of 0.967 x raw against 0.98-0.99: bench/RESULTS.md, sixth run.)
     data_ctx = ray.data.DataContext.get_current()
     saved = data_ctx.target_max_block_size, data_ctx.use_datasource_v2
     data_ctx.target_max_block_size = max(1 << 20, s.batch_size * model_cfg.model.max_length * 6)
