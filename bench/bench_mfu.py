@@ -5,7 +5,8 @@ attention shape.
 
     python bench/bench_mfu.py --model MODEL_DIR [--rows 600] [--threads 2] [--peak GFLOPS]
 
---peak is the bf16 GEMM peak that bench_score.py measured (default: its fifth run's).
+--peak: the bf16 GEMM peak in GFLOP/s, e.g. the one bench_score.py reported in the same
+session; without it this machine's is measured as bench_score.py does (~30 s).
 """
 import argparse
 import time
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from bench_score import CONFIG, DATE, model_flops_per_token
+from bench_score import CONFIG, DATE, attention_flops_per_token, gemm_peak, model_flops_per_token
 from nightscore import synth
 from nightscore.config import load_config
 from nightscore.model import store
@@ -68,15 +69,17 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--rows", type=int, default=600)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--peak", type=float, default=2316.0, help="bf16 GEMM peak, GFLOP/s")
+    p.add_argument("--peak", type=float, help="bf16 GEMM peak, GFLOP/s (default: measured)")
     args = p.parse_args()
+    peak = args.peak or gemm_peak(torch.bfloat16, args.threads) / 1e9
     cfg = load_config(CONFIG)
     loaded = store.load(args.model)
     mcfg = loaded.config
     table, _ = synth.generate(args.rows, DATE, 7, synth.catalog_product_ids(cfg.products.catalog))
     ids = tokenize(serialize(table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
     tokens = pc.sum(pc.list_value_length(ids)).as_py()
-    predictor = Predictor(loaded, precision="bf16", threads=args.threads, compile=True)
+    predictor = Predictor(loaded, precision="bf16", micro_batch=cfg.score.micro_batch, threads=args.threads,
+                          compile=True)
     predictor.predict(ids)  # compile, and every batch shape once
     predictor.predict(ids)
     t0 = time.perf_counter()
@@ -88,26 +91,26 @@ def main() -> None:
     bb = loaded.model.backbone.config
     seq = tokens / args.rows
     total_flops = tokens * model_flops_per_token(loaded.model, seq)
-    attn_flops = tokens * 4 * bb.num_hidden_layers * bb.hidden_size * seq
+    attn_flops = tokens * attention_flops_per_token(loaded.model, seq)
     spent = {"linear": 0.0, "attention": 0.0, "other": 0.0}
     for e in prof.key_averages():
         if e.self_cpu_time_total > 0:
             spent[kernel_class(e.key)] += e.self_cpu_time_total / 1e6
     profiled = sum(spent.values())
     print(f"{args.rows} rows, {seq:.1f} tokens/row, {args.threads} thread(s): {args.rows / wall:.1f} rows/s, "
-          f"{total_flops / wall / 1e9:.0f} GFLOP/s = {total_flops / wall / 1e9 / args.peak:.1%} of the {args.peak:.0f} GFLOP/s peak")
+          f"{total_flops / wall / 1e9:.0f} GFLOP/s = {total_flops / wall / 1e9 / peak:.1%} of the {peak:.0f} GFLOP/s peak")
     flops = {"linear": total_flops - attn_flops, "attention": attn_flops, "other": 0.0}
     for name, seconds in spent.items():
         rate = f"{flops[name] / seconds / 1e9:7.0f} GFLOP/s" if flops[name] else "  (no GEMM FLOPs)"
         print(f"  {name:10s} {seconds / profiled:6.1%} of the time {rate}")
-    ceiling = total_flops / (spent["linear"] / profiled * wall) / 1e9 / args.peak
+    ceiling = total_flops / (spent["linear"] / profiled * wall) / 1e9 / peak
     print(f"  MFU if attention and the fused kernels took no time at all: {ceiling:.1%}")
     batch = predictor.micro_batch
     print(f"attention kernels at the model's shape (batch {batch}, {bb.num_attention_heads} heads, "
           f"{round(seq)} tokens, head dim {bb.hidden_size // bb.num_attention_heads}), bf16:")
     for name, rate in attention_rates(batch, bb.num_attention_heads, round(seq),
                                       bb.hidden_size // bb.num_attention_heads).items():
-        print(f"  {name:36s} {rate:6.0f} GFLOP/s = {rate / args.peak:.1%} of the peak")
+        print(f"  {name:36s} {rate:6.0f} GFLOP/s = {rate / peak:.1%} of the peak")
 
 
 if __name__ == "__main__":

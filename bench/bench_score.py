@@ -83,11 +83,16 @@ def precision_of(predictor: Predictor) -> str:
     return "bf16" if predictor.dtype is torch.bfloat16 else "fp32"
 
 
-def model_flops_per_token(model, seq: float) -> float:
-    """2 × non-embedding parameters + attention (4 × layers × hidden × seq) per token, forward only."""
+def attention_flops_per_token(model, seq: float) -> float:
+    """Attention's score and value products: 4 × layers × hidden × seq per token, forward only."""
     cfg = model.backbone.config
+    return 4 * cfg.num_hidden_layers * cfg.hidden_size * seq
+
+
+def model_flops_per_token(model, seq: float) -> float:
+    """2 × non-embedding parameters + attention per token, forward only."""
     params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
-    return 2 * params + 4 * cfg.num_hidden_layers * cfg.hidden_size * seq
+    return 2 * params + attention_flops_per_token(model, seq)
 
 
 def raw_half(predictor: Predictor, tokenizer, max_length: int, texts: pa.Array) -> dict[str, float]:
