@@ -50,6 +50,29 @@ def test_attributions_leave_predictions_unchanged(tiny_model_dir):
     assert (np.abs(explained.contrib[~explained.explained]).sum() == 0) and np.abs(explained.contrib).sum() > 0
 
 
+def test_gradient_pass_runs_eager_attention_on_cpu_with_sdpa_results(tiny_model_dir):
+    """On a CPU the reason-code pass runs plain attention (PyTorch's CPU flash backward is
+    ~12x its forward): the attributions are the ones SDPA gives, and the model's own
+    attention setting is back for the next batch."""
+    loaded = store.load(tiny_model_dir)
+    ids, fields = explainable_rows(loaded, 60, 3)
+    config = loaded.model.backbone.config
+    assert config._attn_implementation == "sdpa"
+    seen = []
+    loaded.model.backbone.register_forward_pre_hook(lambda *_: seen.append(config._attn_implementation))
+    explain = dict(token_field=fields, n_fields=len(model_features(loaded.config.schema)), explain=lambda pd: pd > 0)
+    predictor = Predictor(loaded, precision="fp32", micro_batch=16)
+    got = predictor.predict(ids, **explain)
+    assert set(seen) == {"sdpa", "eager"} and config._attn_implementation == "sdpa"
+    seen.clear()
+    predictor.grad_attention = None  # the model's own attention throughout
+    want = predictor.predict(ids, **explain)
+    assert set(seen) == {"sdpa"}
+    assert got.explained.all()
+    np.testing.assert_allclose(got.contrib, want.contrib, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got.pd, want.pd, rtol=1e-6)
+
+
 def _model(layers: int, n_products: int = 3):
     from transformers import BertConfig, BertModel
 
@@ -157,8 +180,11 @@ def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir):
                    explain=lambda pd: pd > np.median(pd))
     eager = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids, **explain)
     predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile=True)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     got = predictor.predict(ids, **explain)
     assert predictor.forward is not predictor.model  # the compiled module ran
+    # one graph for every batch: the gradient pass switches attention and back between them
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
     np.testing.assert_allclose(got.pd, eager.pd, rtol=1e-4)
     np.testing.assert_allclose(got.propensity, eager.propensity, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(got.explained, eager.explained)

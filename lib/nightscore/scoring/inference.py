@@ -6,7 +6,7 @@ in-process baseline, so all three measure and compute the same thing.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -146,6 +146,9 @@ class Predictor:
         self.compile = compile
         self.dtype: torch.dtype | None = None
         self.forward: Callable[..., dict[str, torch.Tensor]] = self.model
+        # the reason-code pass on a CPU runs plain attention: PyTorch's CPU flash-attention
+        # backward took ~12x its forward (bench/RESULTS.md, reason codes)
+        self.grad_attention: str | None = "eager" if self.device.type == "cpu" else None
         self._ready = False
 
     def _prepare(self, sample: list[np.ndarray]) -> None:
@@ -206,7 +209,8 @@ class Predictor:
         """(rows, fields): gradient x input of each row's default logit, summed per field."""
         x, mask = pad_batch(ids, self.pad_id)
         x, mask = x.to(self.device), mask.to(self.device)
-        with torch.enable_grad(), _autocast(self.device, self.dtype):
+        switch = attention(self.model.backbone.config, self.grad_attention) if self.grad_attention else nullcontext()
+        with torch.enable_grad(), _autocast(self.device, self.dtype), switch:
             e = self.model.backbone.get_input_embeddings()(x).detach().float().requires_grad_(True)
             self.model(x, mask, inputs_embeds=e)["default_logit"].float().sum().backward()
         f, _ = pad_batch([fi.astype(np.int64) + 1 for fi in fields], 0)  # 0: padding / special token
@@ -214,6 +218,19 @@ class Predictor:
         per_field = torch.zeros(len(ids), n_fields + 1, device=self.device)
         per_field.scatter_add_(1, f.to(self.device), per_token)
         return per_field[:, 1:].cpu().numpy()
+
+
+@contextmanager
+def attention(config, implementation: str):
+    """The model runs another attention implementation while inside; Hugging Face models read
+    it from their config on every call. Restored on exit, so a compiled graph's guard on it
+    still holds afterwards."""
+    saved = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
 
 
 def compiled(model: nn.Module) -> Callable[..., dict[str, torch.Tensor]]:
