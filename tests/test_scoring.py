@@ -1,8 +1,11 @@
 """End to end scoring with Ray Data inference actors, on local disk and S3, plus the commit protocol."""
 import datetime as dt
 import json
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -10,11 +13,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import LOCAL_CONFIG, REPO, scoring_config
+from conftest import LOCAL_CONFIG, REPO, free_port, scoring_config
 from nightscore import partition, storage, synth
 from nightscore.config import load_config
 from nightscore.model import store
-from nightscore.scoring.pipeline import InvariantError, run
+from nightscore.scoring.pipeline import InvariantError, resolve_input, run
 from nightscore.scoring.prepare import write_quarantine
 from nightscore.suitability import inputs_from_table, load_catalog, rule_masks
 from nightscore.validate import InputFileError, conform, preflight, split
@@ -165,6 +168,49 @@ def test_bad_file_fails_before_anything_is_written(ray_local, tiny_model_dir, sn
     with pytest.raises(InputFileError, match=r"part-1\.parquet: missing required column\(s\) annual_income"):
         run(make_cfg(tiny_backbone), str(tmp_path / "bad"), tiny_model_dir, str(out), DATE)
     assert not out.exists()
+
+
+def test_missing_date_fails_instead_of_scoring_other_days(tiny_model_dir, snapshot, tiny_backbone, tmp_path):
+    """A snapshot root without the asked date (the day's file has not landed) or a partition
+    of another day stops the run before anything is written. Scoring the other days would
+    quarantine every row and commit an empty day that a later rerun would skip."""
+    root, _ = snapshot
+    out = tmp_path / "out"
+    later = DATE + dt.timedelta(days=1)
+    with pytest.raises(InputFileError, match=rf"has no date={later} partition .* the latest date={DATE}"):
+        run(make_cfg(tiny_backbone), root, tiny_model_dir, str(out), later)
+    with pytest.raises(InputFileError, match=rf"is the date={DATE} partition, not date={later}"):
+        run(make_cfg(tiny_backbone), f"{root}/date={DATE}", tiny_model_dir, str(out), later)
+    assert not out.exists()
+    # a folder without date= folders is the partition itself; date= folders further down are refused
+    fs, path, files = resolve_input(root, DATE, None)
+    assert path.endswith(f"date={DATE}") and len(files) == 2
+    for folder in ("plain", f"nested/bank_a/date={DATE}"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "x.parquet").write_bytes(Path(files[0]).read_bytes())
+    assert resolve_input(str(tmp_path / "plain"), later, None)[2] == [str(tmp_path / "plain" / "x.parquet")]
+    with pytest.raises(InputFileError, match=rf"holds date= folders deeper down \(bank_a/date={DATE}\)"):
+        resolve_input(str(tmp_path / "nested"), DATE, None)
+
+
+@pytest.mark.parametrize("case", ["missing date", "storage unreachable"])
+def test_job_reports_input_and_storage_failures_in_one_line(case, tiny_model_dir, snapshot, tiny_backbone, tmp_path):
+    """Exit 1 and one readable line, no traceback: the day's snapshot is missing, or the
+    output store refuses connections (here a loopback port nothing listens on)."""
+    root, _ = snapshot
+    date, output, extra = DATE, str(tmp_path / "out"), []
+    if case == "missing date":
+        date += dt.timedelta(days=1)
+    else:
+        output, extra = "s3://bucket/out", [f"storage.s3.endpoint_url=http://127.0.0.1:{free_port()}"]
+    r = subprocess.run([sys.executable, str(REPO / "jobs" / "score.py"), "--input", root, "--model", tiny_model_dir,
+                        "--output", output, "--date", str(date), f"model.backbone={tiny_backbone}", *extra],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    want = f"has no date={date} partition" if case == "missing date" else "OSError: .*bucket 'bucket'"
+    assert re.search(want, r.stderr.strip().splitlines()[-1])
+    assert not (tmp_path / "out").exists()
 
 
 def test_tampered_model_fails_before_scoring(ray_local, tiny_model_dir, snapshot, tiny_backbone, tmp_path):

@@ -62,3 +62,5 @@ def clear_errors() -> Iterator[None]:
         fail(str(exc), EXIT_USAGE)
     except (InputFileError, ModelError, StorageError) as exc:
         fail(str(exc), EXIT_FAILED)
+    except OSError as exc:  # storage unreachable or refused: pyarrow's and s3fs's messages name the path
+        fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)

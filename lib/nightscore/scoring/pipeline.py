@@ -32,7 +32,7 @@ from ..config import Config
 from ..model import store
 from ..schema import model_features
 from ..suitability import load_catalog
-from ..validate import preflight
+from ..validate import InputFileError, preflight
 from .prepare import valid_rows, write_quarantine
 
 
@@ -95,12 +95,30 @@ class ScoringActor:
 
 
 def resolve_input(uri: str, date: dt.date, s3) -> tuple[Any, str, list[str]]:
-    """An input URI may be the partition itself or the snapshot root holding date=… folders."""
+    """An input URI may be the partition itself or the snapshot root holding date=… folders.
+
+    A root without the asked date fails. Reading its other days instead would quarantine
+    every row as the wrong date and commit an empty day, which a rerun after the late
+    snapshot lands would then skip as done.
+    """
     fs, path = storage.filesystem(uri, s3)
     dated = partition.date_dir(path, date)
     if storage.exists(fs, dated):
-        path = dated
-    return fs, path, storage.list_files(fs, path)
+        return fs, dated, storage.list_files(fs, dated)
+    named = path.rstrip("/").rsplit("/", 1)[-1]
+    if named.startswith("date=") and named != f"date={date}":
+        raise InputFileError(f"{storage.to_uri(fs, path)} is the {named} partition, not date={date}")
+    files = storage.list_files(fs, path)
+    folders = [f[len(path):].strip("/").split("/")[:-1] for f in files]
+    dates = sorted({parts[0] for parts in folders if parts and parts[0].startswith("date=")})
+    if dates:
+        raise InputFileError(f"{storage.to_uri(fs, path)} has no date={date} partition (it holds {len(dates)} "
+                             f"date(s), the latest {dates[-1]}): has that day's snapshot landed?")
+    nested = next(("/".join(parts) for parts in folders if any(p.startswith("date=") for p in parts)), None)
+    if nested:
+        raise InputFileError(f"{storage.to_uri(fs, path)} holds date= folders deeper down ({nested}); "
+                             "give the snapshot root that holds them, or one partition")
+    return fs, path, files
 
 
 def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.date,
