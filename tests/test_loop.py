@@ -7,7 +7,8 @@ from conftest import LOCAL_CONFIG
 from nightscore.config import load_config
 from nightscore.model.network import CreditModel
 from nightscore.training.loop import _loss
-from nightscore.training.trainer import label_priors
+from nightscore.training.trainer import check_labels, label_priors, label_sums
+from nightscore.validate import InputFileError
 
 CFG = load_config(LOCAL_CONFIG)
 
@@ -49,6 +50,19 @@ def test_label_priors_count_only_eligible_products(ray_local):
         "y_products": pa.FixedSizeListArray.from_arrays(pa.array([1, 0, 0, 0, 0, 1, 0, 0], pa.float32()), 2),
         "held_products": pa.FixedSizeListArray.from_arrays(pa.array([0, 1, 0, 1, 0, 0, 1, 0], pa.float32()), 2),
     })
-    priors = label_priors(ray.data.from_arrow(rows), CFG)
+    priors = label_priors(label_sums(ray.data.from_arrow(rows), CFG), CFG)
     assert priors["default_rate"] == pytest.approx(1 / 3)
     assert priors["product_rates"] == pytest.approx([1 / 3, 1 / 2])
+
+
+@pytest.mark.parametrize("bad, labelled, fails", [(0, 540, True), (540, 540, True), (0, 0, True), (1, 540, False)])
+def test_a_split_needs_both_default_outcomes(bad, labelled, fails):
+    sums = {"bad": bad, "labelled": labelled}
+    if not fails:
+        check_labels(sums, CFG, "validation")
+        return
+    with pytest.raises(InputFileError, match=rf"validation rows: default label 'default_12m' has {bad} default\(s\) "
+                                             rf"among {labelled} labelled rows"):
+        check_labels(sums, CFG, "validation")
+    # a products-only model has no default head to starve
+    check_labels(sums, load_config(LOCAL_CONFIG, ["schema.labels.default=null"]), "validation")

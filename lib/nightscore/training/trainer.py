@@ -21,7 +21,7 @@ from ..model import store
 from ..model.tokens import pad_token_id
 from ..monitoring import REFERENCE_KINDS, build_reference
 from ..suitability import Catalog, load_catalog
-from ..validate import preflight
+from ..validate import InputFileError, preflight
 from .data import prepare_batch
 from .loop import EXPORT_DIR, STATE_FILE, VALID_PREDICTIONS, train_loop_per_worker
 
@@ -41,26 +41,46 @@ def _read(uri: str, cfg: Config, tokenizer_dir: str, product_ids: list[str], spl
     return ds, input_rows
 
 
-def label_priors(ds, cfg: Config) -> dict[str, Any]:
-    """Base rates the heads start from: default rate over labelled rows, and each product's
-    take-up rate among customers who do not already hold it."""
+def label_sums(ds, cfg: Config) -> dict[str, Any]:
+    """One pass over a prepared split's labels: labelled rows and the defaults among them;
+    each product's take-ups and the customers not already holding it."""
     labels = cfg.schema.labels
     cols = [c for c in ("y_default", "has_default", "y_products", "held_products") if c in ds.columns()]
-    sums: dict[str, np.ndarray] = {}
+    sums: dict[str, Any] = {"labelled": 0, "bad": 0}
     for b in ds.select_columns(cols).iter_batches(batch_size=4096, batch_format="numpy"):
         if labels.default:
             has = b["has_default"].astype(bool)
-            sums["bad"] = sums.get("bad", 0) + b["y_default"][has].sum()
-            sums["labelled"] = sums.get("labelled", 0) + has.sum()
+            sums["bad"] += int(b["y_default"][has].sum())
+            sums["labelled"] += int(has.sum())
         if labels.products:
             y = np.stack(b["y_products"])
             eligible = 1.0 - np.stack(b["held_products"]) if "held_products" in b else np.ones_like(y)
             sums["taken"] = sums.get("taken", 0) + (y * eligible).sum(axis=0)
             sums["eligible"] = sums.get("eligible", 0) + eligible.sum(axis=0)
+    return sums
+
+
+def label_priors(sums: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """Base rates the heads start from: default rate over labelled rows, and each product's
+    take-up rate among customers who do not already hold it."""
+    labels = cfg.schema.labels
     return {
-        "default_rate": float(sums["bad"] / max(sums["labelled"], 1)) if labels.default else None,
-        "product_rates": (sums["taken"] / np.maximum(sums["eligible"], 1)).tolist() if labels.products else None,
+        "default_rate": sums["bad"] / max(sums["labelled"], 1) if labels.default else None,
+        "product_rates": (sums["taken"] / np.maximum(sums["eligible"], 1)).tolist()
+        if labels.products and "taken" in sums else None,
     }
+
+
+def check_labels(sums: dict[str, Any], cfg: Config, split: str) -> None:
+    """A default head needs both outcomes in training and in validation (its loss, AUC and
+    calibration); failing here names the split and the counts, before any worker starts,
+    instead of NaN metrics or a crash inside the training loop."""
+    label = cfg.schema.labels.default
+    if label and sums["bad"] in (0, sums["labelled"]):
+        raise InputFileError(
+            f"{split} rows: default label {label!r} has {sums['bad']} default(s) among {sums['labelled']} "
+            "labelled rows; a PD model needs both outcomes (more labelled rows, another --valid, or "
+            "a larger train.valid_fraction)")
 
 
 def reference_population(cfg: Config, uri: str, preds: pa.Table) -> pa.Table:
@@ -134,6 +154,9 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
     print(f"[train] rows: {train_rows} train, {valid_rows} validation, {quarantined} quarantined", flush=True)
     if train_rows == 0 or valid_rows == 0:
         raise ConfigError("not enough valid rows to train and validate (check the data and train.valid_fraction)")
+    sums = label_sums(train_ds, cfg)
+    check_labels(sums, cfg, "training")
+    check_labels(label_sums(valid_ds, cfg), cfg, "validation")
 
     name = run_name or f"train-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
     t = cfg.train
@@ -142,7 +165,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.to_dict(), "product_ids": product_ids, "train_rows": train_rows,
-            "pad_id": pad_token_id(backbone_dir), "priors": label_priors(train_ds, cfg),
+            "pad_id": pad_token_id(backbone_dir), "priors": label_priors(sums, cfg),
             "fail_marker": str(Path(storage_path).expanduser() / name / ".fault-drill-done"),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
