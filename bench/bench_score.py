@@ -34,6 +34,7 @@ import torch
 from nightscore import synth
 from nightscore.config import load_config
 from nightscore.model import store
+from nightscore.model.network import block_list
 from nightscore.model.tokens import tokenize
 from nightscore.scoring.inference import Predictor, onednn_ready
 from nightscore.scoring.pipeline import run
@@ -90,8 +91,9 @@ def attention_flops_per_token(model, seq: float) -> float:
 
 
 def model_flops_per_token(model, seq: float) -> float:
-    """2 × non-embedding parameters + attention per token, forward only."""
-    params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+    """2 × the transformer blocks' parameters + attention per token, forward only. Not the
+    embeddings (a lookup), nor the pooler and heads, which run once per row, not per token."""
+    params = sum(p.numel() for p in block_list(model.backbone)[1].parameters())
     return 2 * params + attention_flops_per_token(model, seq)
 
 

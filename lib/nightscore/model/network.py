@@ -53,7 +53,7 @@ class CreditModel(nn.Module):
         """Module name -> device index: the transformer blocks in contiguous, even runs over
         n devices, what runs before them (embeddings) with the first run, what runs after
         (final norm, pooler, heads) with the last. For a model too large for one GPU."""
-        path, blocks = _block_list(self.backbone)
+        path, blocks = block_list(self.backbone)
         placed: dict[str, int] = {}
         module: nn.Module = self.backbone
         prefix = "backbone"
@@ -105,7 +105,7 @@ class CreditModel(nn.Module):
         return result
 
 
-def _block_list(backbone: nn.Module) -> tuple[list[str], nn.ModuleList]:
+def block_list(backbone: nn.Module) -> tuple[list[str], nn.ModuleList]:
     """The backbone's stack of transformer blocks (its largest ModuleList) and the path to it."""
     lists = [(name, m) for name, m in backbone.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
     if not lists:
