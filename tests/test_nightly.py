@@ -3,6 +3,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,18 @@ def test_nightly_scores_reports_and_alerts_on_drift(tmp_path, tiny_model_dir, ti
     r3 = nightly(tmp_path, tiny_backbone, DAY1, f"nightly.model={tiny_model_dir}")
     assert r3.returncode == 0 and "already committed" in r3.stdout
     assert (tmp_path / "scores" / f"date={DAY1}" / "_manifest.json").read_text() == manifest
+
+
+def test_model_without_reference_fails_before_scoring(tmp_path, tiny_model_dir, tiny_backbone):
+    """The report compares against the model's reference population; a model without one
+    (a products-only model) stops the run before anything is scored or committed (exit 1)."""
+    draft = str(Path(tiny_model_dir).parent / "draft")  # conftest's model, saved before its reference
+    subprocess.run([sys.executable, str(REPO / "jobs" / "make_snapshots.py"), "--out", str(tmp_path / "snap"),
+                    "--customers", "200", "--date", str(DAY1)], check=True, capture_output=True)
+    r = nightly(tmp_path, tiny_backbone, DAY1, f"nightly.model={draft}")
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "has no reference population" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "scores").exists()
 
 
 def test_default_date_is_yesterday_in_configured_zone():

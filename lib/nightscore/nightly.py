@@ -56,14 +56,21 @@ def _history(fs: pafs.FileSystem, root: str, before: dt.date, n: int) -> list[di
     return [storage.read_json(fs, storage.join(root, f"date={d}", "report.json")) for d in sorted(dates)[-n:]]
 
 
+def model_reference(model: str, cfg: Config) -> pa.Table:
+    """The population the nightly report compares each day against, stored with the model."""
+    path = store.fetch(model, cfg.storage.s3) / "reference.parquet"
+    if not path.exists():
+        raise store.ModelError(
+            f"model {model} has no reference population (reference.parquet) for the nightly report to compare "
+            "against: a products-only model has none (score it with jobs/score.py); retrain a model with a "
+            "default head to get one")
+    return pq.read_table(path)
+
+
 def monitor(cfg: Config, date: dt.date, record: dict[str, Any], model: str) -> dict[str, Any]:
     """Build and write the monitoring report of a committed date. Returns the report."""
     spec = cfg.nightly
-    model_dir = store.fetch(model, cfg.storage.s3)
-    ref_path = model_dir / "reference.parquet"
-    if not ref_path.exists():
-        raise store.ModelError(f"model {model} has no reference.parquet; retrain it to enable monitoring")
-    reference = pq.read_table(ref_path)
+    reference = model_reference(model, cfg)
     scores = partition.read(spec.output, date, "scores", cfg.storage.s3)
 
     in_fs, _, files = resolve_input(spec.snapshots, date, cfg.storage.s3)
@@ -101,6 +108,7 @@ def run(cfg: Config, date: dt.date | None = None, force: bool = False) -> tuple[
         raise ConfigError("nightly: section is missing (snapshots, output, reports and model or model_pointer)")
     date = date or default_date(spec)
     model = model_uri(spec, cfg)
+    model_reference(model, cfg)  # the report needs it: fail before scoring, not after the commit
     record = score(cfg, spec.snapshots, model, spec.output, date, force=force)
     report = monitor(cfg, date, record, record.get("model_uri", model))  # the model that scored this date
     return record, report
