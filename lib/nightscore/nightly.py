@@ -67,10 +67,10 @@ def model_reference(model: str, cfg: Config) -> pa.Table:
     return pq.read_table(path)
 
 
-def monitor(cfg: Config, date: dt.date, record: dict[str, Any], model: str) -> dict[str, Any]:
-    """Build and write the monitoring report of a committed date. Returns the report."""
+def monitor(cfg: Config, date: dt.date, record: dict[str, Any], reference: pa.Table) -> dict[str, Any]:
+    """Build and write the monitoring report of a committed date against the reference
+    population of the model that scored it. Returns the report."""
     spec = cfg.nightly
-    reference = model_reference(model, cfg)
     scores = partition.read(spec.output, date, "scores", cfg.storage.s3)
 
     in_fs, _, files = resolve_input(spec.snapshots, date, cfg.storage.s3)
@@ -108,8 +108,10 @@ def run(cfg: Config, date: dt.date | None = None, force: bool = False) -> tuple[
         raise ConfigError("nightly: section is missing (snapshots, output, reports and model or model_pointer)")
     date = date or default_date(spec)
     model = model_uri(spec, cfg)
-    model_reference(model, cfg)  # the report needs it: fail before scoring, not after the commit
+    reference = model_reference(model, cfg)  # the report needs it: fail before scoring, not after the commit
     record = score(cfg, spec.snapshots, model, spec.output, date, force=force)
-    report = monitor(cfg, date, record, record.get("model_uri", model))  # the model that scored this date
-    return record, report
+    scored_by = record.get("model_uri", model)  # a date committed earlier may have been scored by another model
+    if scored_by != model:
+        reference = model_reference(scored_by, cfg)
+    return record, monitor(cfg, date, record, reference)
 

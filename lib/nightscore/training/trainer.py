@@ -66,8 +66,7 @@ def label_priors(sums: dict[str, Any], cfg: Config) -> dict[str, Any]:
     labels = cfg.schema.labels
     return {
         "default_rate": sums["bad"] / max(sums["labelled"], 1) if labels.default else None,
-        "product_rates": (sums["taken"] / np.maximum(sums["eligible"], 1)).tolist()
-        if labels.products and "taken" in sums else None,
+        "product_rates": (sums["taken"] / np.maximum(sums["eligible"], 1)).tolist() if labels.products else None,
     }
 
 
