@@ -1,7 +1,7 @@
 """Scoring throughput: end-to-end Ray Data pipeline vs the same model's raw in-process rows/s on the
 same texts; model FLOP utilisation against this machine's measured GEMM peak; peak RSS at N and 4N.
 
-    python bench/bench_score.py --model MODEL_DIR --rows 200000 [--sample-rows 4000] [--rss-rows 1000] [--spark]
+    python bench/bench_score.py --model MODEL_DIR --rows 200000 [--sample-rows 4000] [--rss-rows 1000] [--spark] [--memory-only]
                                 [key.path=value ...]
 
 The headline is the configured layout's end-to-end rate on all N rows; with --spark, Spark
@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import psutil
@@ -123,20 +124,23 @@ MODEL_PROCESSES = ("ScoringActor", "pyspark.daemon")  # Ray's inference actors, 
 
 
 class Usage:
-    """Peak summed RSS of this process and all its descendants (the Ray or Spark workers), and
-    their CPU time split between the processes that run the model and all the others (this
-    driver, the framework's daemons and helpers), sampled every 0.5 s."""
+    """Peak memory the run added: the summed RSS of every process it started (the Ray or Spark
+    workers), plus what this process and any already running (a Spark JVM left by an earlier
+    peer) grew by, not the tables this bench holds; and the CPU time split between the
+    processes that run the model and all the others (this driver, the framework's daemons and
+    helpers), sampled every 0.5 s."""
 
     def __init__(self):
         self.peak, self._stop = 0, threading.Event()
         self.samples: list[tuple[float, float, float]] = []  # (time, model CPU-s, other CPU-s) since last
         self._cpu: dict[int, float] = {}
+        self._before: dict[int, int] = {}  # RSS of the processes running when the run began
 
     def _sample(self, me: psutil.Process) -> None:
         total, model, other = 0, 0.0, 0.0
         for p in [me, *me.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                total += max(0, p.memory_info().rss - self._before.get(p.pid, 0))
                 cpu = sum(p.cpu_times()[:2])
                 is_model = any(k in " ".join(p.cmdline()) for k in MODEL_PROCESSES)
             except psutil.Error:
@@ -166,6 +170,12 @@ class Usage:
         return out
 
     def __enter__(self):
+        me = psutil.Process()
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                self._before[p.pid] = p.memory_info().rss
+            except psutil.Error:
+                continue
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -327,6 +337,7 @@ def main() -> None:
     p.add_argument("--spark-peers", default="nightscore,hf", help="which Spark UDFs to time (see spark_rows_per_s)")
     p.add_argument("--with-reasons", action="store_true", help="also time end-to-end on S rows with reason codes on")
     p.add_argument("--json", help="write the results here as they come")
+    p.add_argument("--memory-only", action="store_true", help="only the peak RSS at M and 4M rows")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     s_rows = min(args.sample_rows, args.rows)
@@ -345,6 +356,9 @@ def main() -> None:
          configured_layout=f"{cfg.score.num_actors} actor(s) x {cfg.score.cpus_per_actor} CPU",
          started=dt.datetime.now().isoformat(timespec="seconds"))
     with tempfile.TemporaryDirectory() as tmp:
+        if args.memory_only:
+            memory_and_fixed_cost(cfg, Path(tmp), args.model, m, note)
+            return
         table = snapshot(Path(tmp) / "n", args.rows, 1, cfg)
         pick = np.sort(np.random.default_rng(0).choice(args.rows, s_rows, replace=False))
         sample_table = table.take(pick)
@@ -417,17 +431,22 @@ def main() -> None:
         if args.with_reasons:
             rate = e2e(config(reasons=True), sample, args.model, f"{tmp}/out-r", s_rows)[0]
             note(sample_e2e_with_reasons_rows_per_s=rate)
-        seconds = {}
-        for label, rows in (("m", m), ("4m", 4 * m)):
-            snapshot(Path(tmp) / label, rows, 2, cfg)
-            rate, rss = e2e(cfg, f"{tmp}/{label}", args.model, f"{tmp}/out-{label}", rows)[:2]
-            note(**{f"peak_rss_mb_{label}_{rows}_rows": rss})
-            seconds[label] = rows / rate
-        # two sizes separate the fixed start-up from the per-row cost
-        marginal = 3 * m / (seconds["4m"] - seconds["m"])
-        note(rss_4m_over_m=out[f"peak_rss_mb_4m_{4 * m}_rows"] / out[f"peak_rss_mb_m_{m}_rows"],
-             e2e_fixed_seconds=seconds["m"] - m / marginal, finished=dt.datetime.now().isoformat(timespec="seconds"))
+        memory_and_fixed_cost(cfg, Path(tmp), args.model, m, note)
+        note(finished=dt.datetime.now().isoformat(timespec="seconds"))
     print(json.dumps(out, indent=2))
+
+
+def memory_and_fixed_cost(cfg, tmp: Path, model: str, m: int, note: Callable[..., None]) -> None:
+    """Peak memory the scoring run adds at M and 4M rows, and (two sizes separate the fixed
+    start-up from the per-row cost) the fixed seconds per run."""
+    seconds, peak = {}, {}
+    for label, rows in (("m", m), ("4m", 4 * m)):
+        snapshot(tmp / label, rows, 2, cfg)
+        rate, peak[label] = e2e(cfg, str(tmp / label), model, str(tmp / f"out-{label}"), rows)[:2]
+        note(**{f"peak_rss_mb_{label}_{rows}_rows": peak[label]})
+        seconds[label] = rows / rate
+    marginal = 3 * m / (seconds["4m"] - seconds["m"])
+    note(rss_4m_over_m=peak["4m"] / peak["m"], e2e_fixed_seconds=seconds["m"] - m / marginal)
 
 
 if __name__ == "__main__":
