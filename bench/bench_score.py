@@ -352,85 +352,84 @@ def main() -> None:
     def note(**values) -> None:
         report(out, args.json, **values)
 
-    note(rows=args.rows, sample_rows=s_rows, cpu_threads=torch.get_num_threads(),
+    headline = dict(rows=args.rows, sample_rows=s_rows, cpu_threads=torch.get_num_threads())
+    note(**({} if args.memory_only else headline),
          configured_layout=f"{cfg.score.num_actors} actor(s) x {cfg.score.cpus_per_actor} CPU",
          started=dt.datetime.now().isoformat(timespec="seconds"))
     with tempfile.TemporaryDirectory() as tmp:
-        if args.memory_only:
-            memory_and_fixed_cost(cfg, Path(tmp), args.model, m, note)
-            return
-        table = snapshot(Path(tmp) / "n", args.rows, 1, cfg)
-        pick = np.sort(np.random.default_rng(0).choice(args.rows, s_rows, replace=False))
-        sample_table = table.take(pick)
-        write_partition(Path(tmp) / "s", sample_table)
-        sample = f"{tmp}/s"
-        loaded = store.load(args.model)
-        mcfg = loaded.config
-        ids = tokenize(serialize(sample_table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
-        # the kernels the headline's actors use (compiled when they compile), and eager ones
-        # for comparison (each on its own model copy: prepacking swaps the layers in place)
-        compiles = cfg.score.compiles(args.rows / cfg.score.num_actors)
-        predictors, setup_s = {}, {}
-        for kernels, compile_ in (("configured", compiles), ("eager", False)):
-            t0 = time.perf_counter()
-            predictors[kernels] = Predictor(store.load(args.model), precision=cfg.score.precision,
-                                            micro_batch=cfg.score.micro_batch, threads=2, onednn=cfg.score.onednn,
-                                            compile=compile_)
-            predictors[kernels].predict(ids.slice(0, 64))  # precision choice and compilation: not in raw's rate
-            setup_s[kernels] = time.perf_counter() - t0
-        precision = precision_of(predictors["configured"])
-        note(raw_setup_s=setup_s["configured"])
+        if not args.memory_only:
+            table = snapshot(Path(tmp) / "n", args.rows, 1, cfg)
+            pick = np.sort(np.random.default_rng(0).choice(args.rows, s_rows, replace=False))
+            sample_table = table.take(pick)
+            write_partition(Path(tmp) / "s", sample_table)
+            sample = f"{tmp}/s"
+            loaded = store.load(args.model)
+            mcfg = loaded.config
+            ids = tokenize(serialize(sample_table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
+            # the kernels the headline's actors use (compiled when they compile), and eager ones
+            # for comparison (each on its own model copy: prepacking swaps the layers in place)
+            compiles = cfg.score.compiles(args.rows / cfg.score.num_actors)
+            predictors, setup_s = {}, {}
+            for kernels, compile_ in (("configured", compiles), ("eager", False)):
+                t0 = time.perf_counter()
+                predictors[kernels] = Predictor(store.load(args.model), precision=cfg.score.precision,
+                                                micro_batch=cfg.score.micro_batch, threads=2, onednn=cfg.score.onednn,
+                                                compile=compile_)
+                predictors[kernels].predict(ids.slice(0, 64))  # precision choice and compilation: not in raw's rate
+                setup_s[kernels] = time.perf_counter() - t0
+            precision = precision_of(predictors["configured"])
+            note(raw_setup_s=setup_s["configured"])
 
-        def raw_rate(kernels: str = "configured") -> float:
-            t0 = time.perf_counter()
-            predictors[kernels].predict(ids)
-            return s_rows / (time.perf_counter() - t0)
+            def raw_rate(kernels: str = "configured") -> float:
+                t0 = time.perf_counter()
+                predictors[kernels].predict(ids)
+                return s_rows / (time.perf_counter() - t0)
 
-        if compiles:
-            note(sample_raw_rows_per_s=raw_rate(), sample_raw_eager_rows_per_s=raw_rate("eager"))
-            note(compiled_over_eager=out["sample_raw_rows_per_s"] / out["sample_raw_eager_rows_per_s"])
-        texts = serialize(table, mcfg.schema, mcfg.serialize)
-        halves = [raw_half(predictors["configured"], loaded.tokenizer, mcfg.model.max_length,
-                           texts.slice(0, args.rows // 2))]
-        peak32, peak16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
-        note(precision=precision, compiled=compiles, gemm_peak_fp32_gflops=peak32 / 1e9,
-             gemm_peak_bf16_gflops=peak16 / 1e9, **raw_figures(halves[0], loaded.model, peak32, peak16, "before"))
+            if compiles:
+                note(sample_raw_rows_per_s=raw_rate(), sample_raw_eager_rows_per_s=raw_rate("eager"))
+                note(compiled_over_eager=out["sample_raw_rows_per_s"] / out["sample_raw_eager_rows_per_s"])
+            texts = serialize(table, mcfg.schema, mcfg.serialize)
+            halves = [raw_half(predictors["configured"], loaded.tokenizer, mcfg.model.max_length,
+                               texts.slice(0, args.rows // 2))]
+            peak32, peak16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
+            note(precision=precision, compiled=compiles, gemm_peak_fp32_gflops=peak32 / 1e9,
+                 gemm_peak_bf16_gflops=peak16 / 1e9, **raw_figures(halves[0], loaded.model, peak32, peak16, "before"))
 
-        # the headline: on a small machine it is the longest part
-        rate, rss, shares, record = e2e(cfg, f"{tmp}/n", args.model, f"{tmp}/out", args.rows)
-        note(e2e_rows_per_s=rate, e2e_peak_rss_mb=rss, **{f"e2e_{k}": v for k, v in shares.items()})
-        # the other half right after it: the machine's speed drifts by tens of percent within
-        # minutes, so raw spans the same stretch of time as the headline, on all N texts
-        halves.append(raw_half(predictors["configured"], loaded.tokenizer, mcfg.model.max_length,
-                               texts.slice(args.rows // 2)))
-        raw = args.rows / sum(h["tokenize_s"] + h["model_s"] for h in halves)
-        # raw's rate leaves out its one-time model load and compilation, which the end-to-end
-        # run pays in every actor (at once, one per core); this second figure charges raw its own
-        with_setup = args.rows / (args.rows / raw + setup_s["configured"])
-        note(**raw_figures(halves[1], loaded.model, peak32, peak16, "after"), raw_rows_per_s=raw,
-             raw_model_only_rows_per_s=args.rows / sum(h["model_s"] for h in halves), e2e_vs_raw=rate / raw,
-             raw_with_setup_rows_per_s=with_setup, e2e_vs_raw_with_setup=rate / with_setup)
-        if args.spark:
-            import ray
+            # the headline: on a small machine it is the longest part
+            rate, rss, shares, record = e2e(cfg, f"{tmp}/n", args.model, f"{tmp}/out", args.rows)
+            note(e2e_rows_per_s=rate, e2e_peak_rss_mb=rss, **{f"e2e_{k}": v for k, v in shares.items()})
+            # the other half right after it: the machine's speed drifts by tens of percent within
+            # minutes, so raw spans the same stretch of time as the headline, on all N texts
+            halves.append(raw_half(predictors["configured"], loaded.tokenizer, mcfg.model.max_length,
+                                   texts.slice(args.rows // 2)))
+            raw = args.rows / sum(h["tokenize_s"] + h["model_s"] for h in halves)
+            # raw's rate leaves out its one-time model load and compilation, which the end-to-end
+            # run pays in every actor (at once, one per core); this second figure charges raw its own
+            with_setup = args.rows / (args.rows / raw + setup_s["configured"])
+            note(**raw_figures(halves[1], loaded.model, peak32, peak16, "after"), raw_rows_per_s=raw,
+                 raw_model_only_rows_per_s=args.rows / sum(h["model_s"] for h in halves), e2e_vs_raw=rate / raw,
+                 raw_with_setup_rows_per_s=with_setup, e2e_vs_raw_with_setup=rate / with_setup)
+            if args.spark:
+                import ray
 
-            ray.shutdown()  # Spark gets the machine to itself, as Ray had
-            for peer in args.spark_peers.split(","):
-                spark, shares = spark_run(f"{tmp}/n", args.model, cfg, args.rows, f"{tmp}/spark-{peer}", peer,
-                                          precision)
-                gap = pd_gap(f"{tmp}/out", record, f"{tmp}/spark-{peer}", cfg.schema.id)
-                note(**{f"spark_{peer}_rows_per_s": spark, f"e2e_vs_spark_{peer}": rate / spark,
-                        f"spark_{peer}_max_pd_gap": gap, **{f"spark_{peer}_{k}": v for k, v in shares.items()}})
+                ray.shutdown()  # Spark gets the machine to itself, as Ray had
+                for peer in args.spark_peers.split(","):
+                    spark, shares = spark_run(f"{tmp}/n", args.model, cfg, args.rows, f"{tmp}/spark-{peer}", peer,
+                                              precision)
+                    gap = pd_gap(f"{tmp}/out", record, f"{tmp}/spark-{peer}", cfg.schema.id)
+                    note(**{f"spark_{peer}_rows_per_s": spark, f"e2e_vs_spark_{peer}": rate / spark,
+                            f"spark_{peer}_max_pd_gap": gap, **{f"spark_{peer}_{k}": v for k, v in shares.items()}})
 
-        # both actor layouts on the same 2 cores, on the sample
-        configured = f"{cfg.score.num_actors}x{cfg.score.cpus_per_actor:g}"
-        layouts = {configured: [], "2x1": ["score.num_actors=2", "score.cpus_per_actor=1"],
-                   "1x2": ["score.num_actors=1", "score.cpus_per_actor=2"]}
-        for name, extra in layouts.items():
-            rate = e2e(config(*extra), sample, args.model, f"{tmp}/out-{name}", s_rows)[0]
-            note(**{f"sample_e2e_{name}_rows_per_s": rate, f"sample_e2e_{name}_vs_raw": rate / raw})
-        if args.with_reasons:
-            rate = e2e(config(reasons=True), sample, args.model, f"{tmp}/out-r", s_rows)[0]
-            note(sample_e2e_with_reasons_rows_per_s=rate)
+            # both actor layouts on the same 2 cores, on the sample
+            configured = f"{cfg.score.num_actors}x{cfg.score.cpus_per_actor:g}"
+            layouts = {configured: [], "2x1": ["score.num_actors=2", "score.cpus_per_actor=1"],
+                       "1x2": ["score.num_actors=1", "score.cpus_per_actor=2"]}
+            for name, extra in layouts.items():
+                rate = e2e(config(*extra), sample, args.model, f"{tmp}/out-{name}", s_rows)[0]
+                note(**{f"sample_e2e_{name}_rows_per_s": rate, f"sample_e2e_{name}_vs_raw": rate / raw})
+            if args.with_reasons:
+                rate = e2e(config(reasons=True), sample, args.model, f"{tmp}/out-r", s_rows)[0]
+                note(sample_e2e_with_reasons_rows_per_s=rate)
         memory_and_fixed_cost(cfg, Path(tmp), args.model, m, note)
         note(finished=dt.datetime.now().isoformat(timespec="seconds"))
     print(json.dumps(out, indent=2))
