@@ -189,3 +189,26 @@ def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir):
     np.testing.assert_allclose(got.propensity, eager.propensity, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(got.explained, eager.explained)
     np.testing.assert_allclose(got.contrib, eager.contrib, rtol=1e-3, atol=1e-6)
+
+
+def test_keep_heap_stops_large_buffers_faulting_in_again():
+    """After keep_heap a freed 8 MiB buffer is reused from the heap: allocating and filling it
+    again costs no fresh pages (glibc's default would map new, zeroed pages each time)."""
+    import resource
+    import sys
+
+    from nightscore.scoring.inference import keep_heap
+
+    if not sys.platform.startswith("linux") or not keep_heap():
+        pytest.skip("not glibc")
+
+    def cycle() -> None:
+        torch.empty(8 << 20, dtype=torch.uint8).fill_(1)
+
+    for _ in range(5):  # the heap grows to hold it once
+        cycle()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        cycle()
+    # 20 fresh 8 MiB buffers are 40,960 page faults; at most two of them may still be fresh
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before <= 2 * 2048
