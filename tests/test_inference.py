@@ -1,5 +1,6 @@
 """The in-process predictor: precision choice, and attributions that change nothing but cost."""
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from nightscore import synth
 from nightscore.model import store
+from nightscore.model.network import pad_batch
 from nightscore.model.tokens import tokenize_with_fields
 from nightscore.schema import model_features
 from nightscore.scoring.inference import PackedLinear, Predictor, choose_dtype, cpu_has_bf16, onednn_ready
@@ -171,24 +173,71 @@ def test_heads_stay_fp32_under_bf16_autocast():
 
 
 @pytest.mark.slow
-def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir):
-    """score.compile runs the model through TorchInductor; PDs, propensities and reason-code
-    attributions (taken eagerly, for the explained rows) stay those of the eager model."""
+def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir, tmp_path):
+    """score.compile on a CPU runs the model's AOTInductor package; PDs, propensities and
+    reason-code attributions (taken eagerly, for the explained rows) stay those of the eager
+    model. A second predictor loads the package its predecessor built."""
+    from nightscore.scoring import aot
+
     loaded = store.load(tiny_model_dir)
     ids, fields = explainable_rows(loaded, 70, 5)
     explain = dict(token_field=fields, n_fields=len(model_features(loaded.config.schema)),
                    explain=lambda pd: pd > np.median(pd))
     eager = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids, **explain)
-    predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile=True)
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    got = predictor.predict(ids, **explain)
-    assert predictor.forward is not predictor.model  # the compiled module ran
-    # one graph for every batch: the gradient pass switches attention and back between them
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
-    np.testing.assert_allclose(got.pd, eager.pd, rtol=1e-4)
-    np.testing.assert_allclose(got.propensity, eager.propensity, rtol=1e-4, atol=1e-6)
-    np.testing.assert_array_equal(got.explained, eager.explained)
-    np.testing.assert_allclose(got.contrib, eager.contrib, rtol=1e-3, atol=1e-6)
+    cache = str(tmp_path / "compiled")
+    for run in ("built", "loaded"):
+        predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile=True,
+                              compiled_cache=cache)
+        got = predictor.predict(ids, **explain)
+        assert hasattr(predictor.forward, "constants"), run  # the package ran, not the module
+        np.testing.assert_allclose(got.pd, eager.pd, rtol=1e-4)
+        np.testing.assert_allclose(got.propensity, eager.propensity, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(got.explained, eager.explained)
+        np.testing.assert_allclose(got.contrib, eager.contrib, rtol=1e-3, atol=1e-6)
+    assert len(list(Path(cache).iterdir())) == 1  # built once, then loaded
+    # the runtime's own copy of the weights is 16-byte aligned; the one it runs on is 64
+    assert all((torch.ops.mkldnn.data_ptr(t) if t.is_mkldnn else t.data_ptr()) % 64 == 0
+               for t in predictor.forward.constants.values())
+    assert aot.package_dir(loaded, None, cache).exists()
+
+
+@pytest.mark.slow
+def test_compiled_package_bf16_matches_autocast_and_a_damaged_one_is_rebuilt(tiny_model_dir, tmp_path):
+    """The bf16 package computes what bf16 autocast does; a package whose file no longer matches
+    its recorded sha256 is not loaded but rebuilt."""
+    from nightscore.scoring import aot
+
+    loaded = store.load(tiny_model_dir)
+    ids, _ = explainable_rows(loaded, 40, 6)
+    x, mask = pad_batch(list(ids.to_numpy(zero_copy_only=False)), 0)
+    forward, built = aot.compiled_forward(loaded, torch.bfloat16, 16, loaded.config.model.max_length, str(tmp_path))
+    assert built
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = loaded.model.eval()(x, mask)
+    got = forward(x, mask)
+    for head in got:
+        torch.testing.assert_close(got[head].float(), want[head].float(), rtol=0.02, atol=0.02)
+    so = aot.package_dir(loaded, torch.bfloat16, str(tmp_path)) / "model.so"
+    with open(so, "r+b") as f:
+        f.seek(100)
+        f.write(b"\0" * 8)
+    with pytest.raises(ValueError, match="sha256"):
+        aot.load(so.parent, aot.heads_of(loaded))
+    _, built = aot.compiled_forward(loaded, torch.bfloat16, 16, loaded.config.model.max_length, str(tmp_path))
+    assert built
+
+
+def test_unusable_compiled_cache_falls_back_to_jit_compilation(tiny_model_dir, tmp_path, capsys):
+    """A cache location that cannot hold packages (here a file) costs speed, not the run."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile=True,
+                          compiled_cache=str(blocker))
+    ids, _ = explainable_rows(predictor.loaded, 20, 7)
+    eager = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids)
+    np.testing.assert_allclose(predictor.predict(ids).pd, eager.pd, rtol=1e-4)
+    assert "JIT-compiling instead" in capsys.readouterr().out
+    assert not hasattr(predictor.forward, "constants")
 
 
 def test_keep_heap_stops_large_buffers_faulting_in_again():

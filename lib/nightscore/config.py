@@ -217,9 +217,11 @@ class ScoreSpec(Strict):
     prep_batch_size: int | None = Field(default=None, ge=1)
     precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto: bf16 where the hardware has it (see choose_dtype)
     onednn: bool = True  # fp32 on CPU: linear layers prepacked for oneDNN (~8-13 % faster than MKL on AVX2)
-    # torch.compile the model in each actor: bf16 on an AMX CPU ran 1.4-1.6x eager, for ~12 s
-    # of compilation per actor; "auto" compiles CPU actors that get COMPILE_MIN_ROWS rows or more
+    # compile the model: bf16 on an AMX CPU ran 1.4-1.6x eager. On a CPU the compiled package is
+    # built once per model, node and thread count (~15-30 s) and loaded by later runs in ~0.1 s;
+    # GPU actors JIT-compile each run. "auto" compiles CPU actors that get COMPILE_MIN_ROWS rows or more
     compile: bool | Literal["auto"] = "auto"
+    compiled_cache: str | None = None  # where compiled packages are kept; default <tmp>/nightscore-compiled
     rows_per_file: int = 200_000
     torch_threads: int | None = None
     kill_actor_after_batches: int | None = None  # fault drill: one actor dies once after N batches

@@ -52,7 +52,7 @@ def evaluate(cfg: Config, model_uri: str, data_uri: str) -> tuple[dict[str, Any]
     ids = tokenize(serialize(rows, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
     preds = Predictor(loaded, precision=cfg.score.precision, micro_batch=cfg.score.micro_batch,
                       threads=cfg.score.torch_threads, onednn=cfg.score.onednn,
-                      compile=cfg.score.compiles(rows.num_rows)).predict(ids)
+                      compile=cfg.score.compiles(rows.num_rows), compiled_cache=cfg.score.compiled_cache).predict(ids)
     result: dict[str, Any] = {"model_version": loaded.version, "data_uri": data_uri, "input_rows": input_rows,
                               "evaluated_rows": rows.num_rows, "quarantined_rows": input_rows - rows.num_rows}
     arrays: dict[str, np.ndarray] = {}

@@ -158,7 +158,7 @@ def spread(model: CreditModel, devices: list[torch.device]) -> CreditModel:
 class Predictor:
     def __init__(self, loaded: LoadedModel, device: str | None = None, precision: str = "auto",
                  micro_batch: int = 32, threads: int | None = None, gpus: int = 1, onednn: bool = True,
-                 compile: bool = False):
+                 compile: bool = False, compiled_cache: str | None = None):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -175,6 +175,7 @@ class Predictor:
         self.precision = precision
         self.onednn = onednn
         self.compile = compile
+        self.compiled_cache = compiled_cache
         self.dtype: torch.dtype | None = None
         self.forward: Callable[..., dict[str, torch.Tensor]] = self.model
         # the reason-code pass on a CPU runs plain attention: PyTorch's CPU flash-attention
@@ -184,15 +185,35 @@ class Predictor:
 
     def _prepare(self, sample: list[np.ndarray]) -> None:
         """On the first call: the precision (it may time both), then the kernels: the model
-        compiled, or for fp32 on a CPU the oneDNN-prepacked linear layers."""
+        compiled (on a CPU, the cached package), or for fp32 on a CPU the oneDNN-prepacked
+        linear layers."""
         if self._ready:
             return
         self.dtype = choose_dtype(self.precision, self.device, self.model, sample[:PROBE_ROWS])
         self._ready = True
-        if self.compile and not hasattr(self.model, "hf_device_map"):  # a model spread over GPUs stays eager
+        if self.compile and self.device.type == "cpu":
+            self.forward = self._packaged()
+        elif self.compile and not hasattr(self.model, "hf_device_map"):  # a model spread over GPUs stays eager
             self.forward = compiled(self.model)
         elif self.onednn and self.device.type == "cpu" and self.dtype is None and onednn_ready():
             prepack(self.model, self.micro_batch * 128)
+
+    def _packaged(self) -> Callable[..., dict[str, torch.Tensor]]:
+        """The model's AOTInductor package from the cache (built there first if missing); a
+        backbone that will not export is JIT-compiled instead."""
+        from . import aot
+
+        started = time.perf_counter()
+        try:
+            forward, built = aot.compiled_forward(self.loaded, self.dtype, self.micro_batch,
+                                                  self.loaded.config.model.max_length, self.compiled_cache)
+        except Exception as err:  # export covers most, not all, Hugging Face backbones
+            print(f"[score] no compiled package ({type(err).__name__}: {str(err)[:200]}); JIT-compiling instead",
+                  flush=True)
+            return compiled(self.model)
+        print(f"[score] compiled package {'built' if built else 'loaded'} in {time.perf_counter() - started:.1f} s",
+              flush=True)
+        return forward
 
     def _batches(self, ids: list[np.ndarray]):
         """Row indices in micro-batches of similar length (less padding, same results)."""

@@ -56,7 +56,8 @@ class ScoringActor:
         self.predictor = Predictor(loaded, precision=s.precision, micro_batch=s.micro_batch,
                                    threads=s.torch_threads or max(1, int(s.cpus_per_actor)),
                                    device="cuda" if s.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu",
-                                   gpus=max(1, int(s.gpus_per_actor)), onednn=s.onednn, compile=compile)
+                                   gpus=max(1, int(s.gpus_per_actor)), onednn=s.onednn, compile=compile,
+                                   compiled_cache=s.compiled_cache)
         self.model_cfg = loaded.config
         self.version = loaded.version
         self.catalog = load_catalog(self.cfg.products.catalog, self.cfg.storage.s3)
