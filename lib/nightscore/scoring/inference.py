@@ -286,10 +286,11 @@ def attention(config, implementation: str):
 
 
 def compiled(model: nn.Module) -> Callable[..., dict[str, torch.Tensor]]:
-    """The model through TorchInductor: weights frozen as constants (so prepacked for oneDNN /
-    AMX once), layer norms, GELUs and residual adds fused into vectorised kernels, one graph
-    for every batch shape. bf16 MiniLM on an AMX CPU ran 1.4-1.6x its eager speed; compiling
-    costs ~12 s per process (bench/RESULTS.md), so it pays on large inputs only."""
+    """The model JIT-compiled by TorchInductor, for GPUs and for CPU backbones that will not
+    export (CPUs otherwise load the cached package, see aot): weights frozen as constants (so
+    prepacked for oneDNN / AMX once), layer norms, GELUs and residual adds fused, one graph for
+    every batch shape. bf16 MiniLM on an AMX CPU ran 1.4-1.6x its eager speed; compiling costs
+    ~12 s per process and run (bench/RESULTS.md)."""
     import torch._dynamo.config as dynamo
     import torch._inductor.config as inductor
 
