@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.store import LoadedModel
+from ..model.store import LoadedModel, sha256_file
 
 FORMAT = 1  # bump when what a package holds changes
 HEADS = ("default_logit", "product_logits")
@@ -96,7 +96,7 @@ def build(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, length: int
                 shutil.copyfileobj(src, dst)
         (staging / "model.pt2").unlink()
         (staging / "package.json").write_text(json.dumps({"model_version": loaded.version,
-                                                          "model.so": _sha256(staging / "model.so")}))
+                                                          "model.so": sha256_file(staging / "model.so")}))
         try:
             os.rename(staging, target)
         except OSError:  # another actor published it first
@@ -115,7 +115,7 @@ def load(target: Path, heads: list[str]) -> Callable[[torch.Tensor, torch.Tensor
     handed back to the runtime, which then frees its own block.
     """
     record = json.loads((target / "package.json").read_text())
-    if _sha256(target / "model.so") != record["model.so"]:
+    if sha256_file(target / "model.so") != record["model.so"]:
         raise ValueError(f"{target / 'model.so'} does not match its recorded sha256")
     runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(target / "model.so"), 1)
     name_of = {fqn: name for name, fqn in runner.get_constant_names_to_original_fqns().items()}
@@ -145,10 +145,3 @@ def compiled_forward(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, 
     build(loaded, dtype, rows, length, target)
     return load(target, heads_of(loaded)), True
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
