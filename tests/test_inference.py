@@ -227,6 +227,31 @@ def test_compiled_package_bf16_matches_autocast_and_a_damaged_one_is_rebuilt(tin
     assert built
 
 
+def test_prune_removes_packages_unused_for_long_and_stale_builds(tmp_path):
+    import os
+    import time
+
+    from nightscore.scoring import aot
+
+    old = time.time() - (aot.UNUSED_DAYS + 1) * 86400
+
+    def make(name: str, record: bool, age: float | None = None) -> None:
+        (tmp_path / name).mkdir()
+        marker = tmp_path / name / "package.json" if record else tmp_path / name
+        if record:
+            marker.write_text("{}")
+        if age is not None:
+            os.utime(marker, (age, age))
+
+    make("v1-unused", record=True, age=old)
+    make("v2-recent", record=True)
+    make("v3-unfinished", record=False)
+    make(".v4.dead", record=False, age=old)
+    make(".v5.building", record=False)
+    assert sorted(aot.prune(tmp_path)) == [".v4.dead", "v1-unused", "v3-unfinished"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".v5.building", "v2-recent"]
+
+
 def test_unusable_compiled_cache_falls_back_to_jit_compilation(tiny_model_dir, tmp_path, capsys):
     """A cache location that cannot hold packages (here a file) costs speed, not the run."""
     blocker = tmp_path / "not-a-dir"

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..model.store import LoadedModel, sha256_file
 
 FORMAT = 1  # bump when what a package holds changes
 HEADS = ("default_logit", "product_logits")
+UNUSED_DAYS = 14  # a package no run has loaded for this long is removed when another is built
 
 
 def default_cache() -> str:
@@ -138,10 +140,30 @@ def compiled_forward(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, 
     target = package_dir(loaded, dtype, cache or default_cache())
     if (target / "package.json").exists():
         try:
-            return load(target, heads_of(loaded)), False
+            forward = load(target, heads_of(loaded))
+            os.utime(target / "package.json")  # last used: what prune goes by
+            return forward, False
         except (ValueError, RuntimeError, OSError) as err:
             print(f"[score] compiled package {target.name} unusable ({err}); rebuilding", flush=True)
             shutil.rmtree(target, ignore_errors=True)
+    for name in prune(target.parent):
+        print(f"[score] removed compiled package {name}: unused for {UNUSED_DAYS} days", flush=True)
     build(loaded, dtype, rows, length, target)
     return load(target, heads_of(loaded)), True
+
+
+def prune(cache: Path, days: float = UNUSED_DAYS) -> list[str]:
+    """Remove the packages no run has loaded for `days` (~70 MB each for MiniLM: a model
+    retrained weekly would otherwise leave one per week on every node), and builds left
+    half-done by a crashed process. Returns the names removed."""
+    if not cache.is_dir():
+        return []
+    cutoff = time.time() - days * 86400
+    removed = []
+    for entry in cache.iterdir():
+        used = entry / "package.json" if not entry.name.startswith(".") else entry
+        if entry.is_dir() and (not used.exists() or used.stat().st_mtime < cutoff):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
