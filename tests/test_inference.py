@@ -253,16 +253,26 @@ def test_prune_removes_packages_unused_for_long_and_stale_builds(tmp_path):
 
 
 def test_unusable_compiled_cache_falls_back_to_jit_compilation(tiny_model_dir, tmp_path, capsys):
-    """A cache location that cannot hold packages (here a file) costs speed, not the run."""
+    """A cache location that cannot hold packages (here a file) costs speed, not the run: the
+    model is JIT-compiled instead, with the eager model's scores and reasons."""
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile=True,
                           compiled_cache=str(blocker))
-    ids, _ = explainable_rows(predictor.loaded, 20, 7)
-    eager = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids)
-    np.testing.assert_allclose(predictor.predict(ids).pd, eager.pd, rtol=1e-4)
+    ids, fields = explainable_rows(predictor.loaded, 40, 7)
+    explain = dict(token_field=fields, n_fields=len(model_features(predictor.loaded.config.schema)),
+                   explain=lambda pd: pd > np.median(pd))
+    eager = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids, **explain)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    got = predictor.predict(ids, **explain)
     assert "JIT-compiling instead" in capsys.readouterr().out
-    assert not hasattr(predictor.forward, "constants")
+    assert predictor.forward is not predictor.model and not hasattr(predictor.forward, "constants")  # JIT ran
+    # one graph for every batch: the gradient pass switches attention and back between them
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
+    np.testing.assert_allclose(got.pd, eager.pd, rtol=1e-4)
+    np.testing.assert_allclose(got.propensity, eager.propensity, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(got.explained, eager.explained)
+    np.testing.assert_allclose(got.contrib, eager.contrib, rtol=1e-3, atol=1e-6)
 
 
 def test_keep_heap_stops_large_buffers_faulting_in_again():

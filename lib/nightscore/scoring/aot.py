@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.store import LoadedModel, sha256_file
+from .inference import swap_linears
 
 FORMAT = 1  # bump when what a package holds changes
 HEADS = ("default_logit", "product_logits")
@@ -79,10 +80,7 @@ def build(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, length: int
     rows and length, compile it with frozen weights, and publish it at `target` atomically."""
     model = copy.deepcopy(loaded.model).eval().requires_grad_(False)
     if dtype is not None:
-        for parent in list(model.backbone.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is nn.Linear:
-                    setattr(parent, name, LowPrecisionLinear(child, dtype))
+        swap_linears(model.backbone, lambda layer: LowPrecisionLinear(layer, dtype))
     example = (torch.ones(rows, length, dtype=torch.long), torch.ones(rows, length, dtype=torch.long))
     dims = {0: torch.export.Dim("rows", min=1, max=1 << 16), 1: torch.export.Dim("length", min=2, max=length)}
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"

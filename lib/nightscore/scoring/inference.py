@@ -108,15 +108,21 @@ class PackedLinear(nn.Module):
         return _PackedLinearFn.apply(x, self.packed, self.weight, self.bias)
 
 
-def prepack(model: nn.Module, rows_hint: int) -> int:
-    """Swap every fp32 nn.Linear of a CPU inference model for a PackedLinear; returns how many."""
+def swap_linears(model: nn.Module, replace: Callable[[nn.Linear], nn.Module | None]) -> int:
+    """Put replace(layer) in place of every plain nn.Linear it returns a module for; returns how many."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu":
-                setattr(parent, name, PackedLinear(child, rows_hint))
+            if type(child) is nn.Linear and (new := replace(child)) is not None:
+                setattr(parent, name, new)
                 swapped += 1
     return swapped
+
+
+def prepack(model: nn.Module, rows_hint: int) -> int:
+    """Swap every fp32 nn.Linear of a CPU inference model for a PackedLinear; returns how many."""
+    return swap_linears(model, lambda layer: PackedLinear(layer, rows_hint)
+                        if layer.weight.dtype == torch.float32 and layer.weight.device.type == "cpu" else None)
 
 
 HEAP_KEEP_BYTES = 32 << 20  # glibc's ceiling for the mmap threshold on 64-bit Linux
