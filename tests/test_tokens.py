@@ -31,6 +31,13 @@ def test_backend_matches_hugging_face_call(tiny_backbone, max_length):
     assert tokenize(texts, hf, max_length).to_pylist() == want["input_ids"]
     assert max(len(x) for x in ids.to_pylist()) <= max_length
     assert [len(f) for f in fields.to_pylist()] == [len(x) for x in want["input_ids"]]
+    starts = field_spans(table, cfg.schema, cfg.serialize)
+    n_fields = starts.shape[1] - 1
+    for row, (got, spans) in enumerate(zip(fields.to_pylist(), want["offset_mapping"])):
+        # a token belongs to the last field starting at or before its first character
+        expected = [-1 if end <= begin else max(j for j in range(n_fields + 1) if starts[row, j] <= begin)
+                    for begin, end in spans]
+        assert got == [-1 if f >= n_fields else f for f in expected]
 
 
 def test_preparation_does_not_import_torch():

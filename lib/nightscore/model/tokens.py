@@ -7,6 +7,7 @@ seconds, and Ray Data's preparation workers start once per run.
 from __future__ import annotations
 
 import functools
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -37,27 +38,29 @@ def pad_token_id(path: str) -> int:
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False).pad_token_id or 0
 
 
-def _encode(texts: pa.Array, tokenizer, max_length: int) -> list:
+def _encode(texts: pa.Array, tokenizer, max_length: int, offsets: bool) -> list:
     """Encodings with special tokens, truncated to max_length, unpadded, whatever truncation
     or padding the tokenizer file itself carries. Takes a backend tokenizer or a Hugging
-    Face fast tokenizer (its backend is used, exactly as its own __call__ would)."""
+    Face fast tokenizer (its backend is used, exactly as its own __call__ would). Character
+    offsets only when asked for: encoding without them takes ~13 % less time."""
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
     backend.enable_truncation(max_length, stride=0, strategy="longest_first")
     backend.no_padding()
-    return backend.encode_batch(texts.to_pylist(), add_special_tokens=True)
+    encode = backend.encode_batch if offsets else backend.encode_batch_fast
+    return encode(texts.to_pylist(), add_special_tokens=True)
 
 
 def _list_array(rows: list[list[int]], dtype) -> pa.ListArray:
     lengths = np.fromiter((len(x) for x in rows), dtype=np.int32, count=len(rows))
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter((t for row in rows for t in row), dtype=dtype, count=int(offsets[-1]))
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=dtype, count=int(offsets[-1]))
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
 
 
 def tokenize(texts: pa.Array, tokenizer, max_length: int) -> pa.ListArray:
     """Token ids (with special tokens, truncated) as list<int32>, one list per text."""
-    return _list_array([e.ids for e in _encode(texts, tokenizer, max_length)], np.int32)
+    return _list_array([e.ids for e in _encode(texts, tokenizer, max_length, offsets=False)], np.int32)
 
 
 def tokenize_with_fields(texts: pa.Array, starts: np.ndarray, tokenizer,
@@ -67,10 +70,12 @@ def tokenize_with_fields(texts: pa.Array, starts: np.ndarray, tokenizer,
     `starts` is serialize.field_spans(): each field's first character per row, then the
     text length. Mapping runs as one searchsorted over all rows at once.
     """
-    enc = _encode(texts, tokenizer, max_length)
+    enc = _encode(texts, tokenizer, max_length, offsets=True)
     ids = _list_array([e.ids for e in enc], np.int32)
     lengths = np.diff(ids.offsets.to_numpy())
-    offsets = np.array([o for e in enc for o in e.offsets], dtype=np.int64).reshape(-1, 2)
+    # chained straight into numpy: building the (start, end) tuples into a list first cost 3 x
+    offsets = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(e.offsets for e in enc)),
+                          dtype=np.int64, count=2 * int(lengths.sum())).reshape(-1, 2)
     row = np.repeat(np.arange(len(lengths)), lengths)
     width = int(starts[:, -1].max()) + 2 if len(starts) else 1
     n_fields = starts.shape[1] - 1

@@ -77,8 +77,8 @@ class ScoringActor:
         started = time.perf_counter()
         # gradients (and the activations they keep) only when reason codes are asked for
         explain = (lambda pd: explain_mask(pd, self.cfg)) if self.cfg.scorecard.reason_codes else None
-        preds = self.predictor.predict(batch.column("input_ids"), batch.column("token_field"), self.n_fields,
-                                       explain=explain)
+        preds = self.predictor.predict(batch.column("input_ids"), batch.column("token_field") if explain else None,
+                                       self.n_fields, explain=explain)
         reasons = reasons_for(preds, self.model_cfg, self.cfg, batch.num_rows)
         if self.batches == 1:
             print(f"[score] first batch: {batch.num_rows} rows in {time.perf_counter() - started:.1f} s", flush=True)
