@@ -91,10 +91,10 @@ def test_compile_auto_follows_rows_per_model_copy(tmp_path, raw):
 
     score = load_config(LOCAL_CONFIG).score
     assert score.compile == "auto"
-    assert not score.compiles(COMPILE_MIN_ROWS - 1) and score.compiles(COMPILE_MIN_ROWS)
+    assert score.compiles(COMPILE_MIN_ROWS - 1) == "cached" and score.compiles(COMPILE_MIN_ROWS) is True
     assert load_config(LOCAL_CONFIG, ["score.compile=false"]).score.compiles(10**9) is False
     assert load_config(LOCAL_CONFIG, ["score.compile=true"]).score.compiles(1) is True
-    assert not load_config(LOCAL_CONFIG, ["score.gpus_per_actor=1"]).score.compiles(10**9)  # measured on CPU only
+    assert load_config(LOCAL_CONFIG, ["score.gpus_per_actor=1"]).score.compiles(10**9) is False  # measured on CPU only
     raw["score"]["compile"] = "sometimes"
     with pytest.raises(ConfigError, match=r"score\.compile"):
         load_config(write(tmp_path, raw))

@@ -176,7 +176,8 @@ def test_heads_stay_fp32_under_bf16_autocast():
 def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir, tmp_path):
     """score.compile on a CPU runs the model's AOTInductor package; PDs, propensities and
     reason-code attributions (taken eagerly, for the explained rows) stay those of the eager
-    model. A second predictor loads the package its predecessor built."""
+    model. A second predictor loads the package its predecessor built. A "cached" one (a run too
+    small to pay back a build) runs eager until a package is there, then loads it."""
     from nightscore.scoring import aot
 
     loaded = store.load(tiny_model_dir)
@@ -185,8 +186,12 @@ def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir, tm
                    explain=lambda pd: pd > np.median(pd))
     eager = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids, **explain)
     cache = str(tmp_path / "compiled")
-    for run in ("built", "loaded"):
-        predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile=True,
+    small = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile="cached",
+                      compiled_cache=cache)
+    np.testing.assert_allclose(small.predict(ids).pd, eager.pd, rtol=1e-6)
+    assert small.forward is small.model and not Path(cache).exists()  # eager, nothing built
+    for run, compile in (("built", True), ("loaded", True), ("loaded when cached", "cached")):
+        predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile=compile,
                               compiled_cache=cache)
         got = predictor.predict(ids, **explain)
         assert hasattr(predictor.forward, "constants"), run  # the package ran, not the module
@@ -204,7 +209,7 @@ def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir, tm
 @pytest.mark.slow
 def test_compiled_package_bf16_matches_autocast_and_a_damaged_one_is_rebuilt(tiny_model_dir, tmp_path):
     """The bf16 package computes what bf16 autocast does; a package whose file no longer matches
-    its recorded sha256 is not loaded but rebuilt."""
+    its recorded sha256 is not loaded but removed, and rebuilt where the run builds one."""
     from nightscore.scoring import aot
 
     loaded = store.load(tiny_model_dir)
@@ -223,6 +228,10 @@ def test_compiled_package_bf16_matches_autocast_and_a_damaged_one_is_rebuilt(tin
         f.write(b"\0" * 8)
     with pytest.raises(ValueError, match="sha256"):
         aot.load(so.parent, aot.heads_of(loaded))
+    # a small run does not build: it removes the damaged package and runs eager
+    assert aot.compiled_forward(loaded, torch.bfloat16, 16, loaded.config.model.max_length, str(tmp_path),
+                                build_missing=False) == (None, False)
+    assert not so.parent.exists()
     _, built = aot.compiled_forward(loaded, torch.bfloat16, 16, loaded.config.model.max_length, str(tmp_path))
     assert built
 

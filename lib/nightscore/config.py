@@ -219,7 +219,8 @@ class ScoreSpec(Strict):
     onednn: bool = True  # fp32 on CPU: linear layers prepacked for oneDNN (~8-13 % faster than MKL on AVX2)
     # compile the model: bf16 on an AMX CPU ran 1.4-1.6x eager. On a CPU the compiled package is
     # built once per model, node and thread count (~15-30 s) and loaded by later runs in ~0.1 s;
-    # GPU actors JIT-compile each run. "auto" compiles CPU actors that get COMPILE_MIN_ROWS rows or more
+    # GPU actors JIT-compile each run. "auto": CPU actors that get COMPILE_MIN_ROWS rows or more
+    # build the package where it is missing; smaller runs use one already built, else run eager
     compile: bool | Literal["auto"] = "auto"
     compiled_cache: str | None = None  # where compiled packages are kept; default <tmp>/nightscore-compiled
     rows_per_file: int = 200_000
@@ -232,12 +233,16 @@ class ScoreSpec(Strict):
         """Rows per validation/tokenisation batch."""
         return self.prep_batch_size or self.batch_size
 
-    def compiles(self, rows_per_copy: int | float) -> bool:
+    def compiles(self, rows_per_copy: int | float) -> bool | Literal["cached"]:
         """Whether a model copy (an actor, or one process) that scores this many rows compiles it.
-        'auto' leaves GPU actors eager: the pay-back was measured on CPUs only; `true` forces it."""
+        "cached": a CPU copy with too few rows to pay back a build uses a package an earlier run
+        built on its node (loading costs ~0.1 s) and runs eager where there is none. 'auto'
+        leaves GPU actors eager: the pay-back was measured on CPUs only; `true` forces it."""
         if self.compile != "auto":
             return self.compile
-        return self.gpus_per_actor == 0 and rows_per_copy >= COMPILE_MIN_ROWS
+        if self.gpus_per_actor > 0:
+            return False
+        return True if rows_per_copy >= COMPILE_MIN_ROWS else "cached"
 
 
 class RaySpec(Strict):

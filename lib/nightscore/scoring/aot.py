@@ -132,8 +132,9 @@ def load(target: Path, heads: list[str]) -> Callable[[torch.Tensor, torch.Tensor
 
 
 def compiled_forward(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, length: int,
-                     cache: str | None = None) -> tuple[Callable[..., dict[str, torch.Tensor]], bool]:
-    """The model's compiled forward from the cache, built first if missing or damaged.
+                     cache: str | None = None, build_missing: bool = True,
+                     ) -> tuple[Callable[..., dict[str, torch.Tensor]] | None, bool]:
+    """The model's compiled forward from the cache, built first if missing or damaged (else None).
     Returns (forward, whether it was built now)."""
     target = package_dir(loaded, dtype, cache or default_cache())
     if (target / "package.json").exists():
@@ -142,8 +143,11 @@ def compiled_forward(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, 
             os.utime(target / "package.json")  # last used: what prune goes by
             return forward, False
         except (ValueError, RuntimeError, OSError) as err:
-            print(f"[score] compiled package {target.name} unusable ({err}); rebuilding", flush=True)
+            print(f"[score] compiled package {target.name} unusable ({err}); "
+                  f"{'rebuilding' if build_missing else 'removed'}", flush=True)
             shutil.rmtree(target, ignore_errors=True)
+    if not build_missing:
+        return None, False
     for name in prune(target.parent):
         print(f"[score] removed compiled package {name}: unused for {UNUSED_DAYS} days", flush=True)
     build(loaded, dtype, rows, length, target)

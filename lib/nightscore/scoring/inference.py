@@ -10,7 +10,7 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -164,7 +164,7 @@ def spread(model: CreditModel, devices: list[torch.device]) -> CreditModel:
 class Predictor:
     def __init__(self, loaded: LoadedModel, device: str | None = None, precision: str = "auto",
                  micro_batch: int = 32, threads: int | None = None, gpus: int = 1, onednn: bool = True,
-                 compile: bool = False, compiled_cache: str | None = None):
+                 compile: bool | Literal["cached"] = False, compiled_cache: str | None = None):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -191,32 +191,39 @@ class Predictor:
 
     def _prepare(self, sample: list[np.ndarray]) -> None:
         """On the first call: the precision (it may time both), then the kernels: the model
-        compiled (on a CPU, the cached package), or for fp32 on a CPU the oneDNN-prepacked
-        linear layers."""
+        compiled (on a CPU, the cached package; with compile="cached" only one already built),
+        or else, for fp32 on a CPU, the oneDNN-prepacked linear layers."""
         if self._ready:
             return
         self.dtype = choose_dtype(self.precision, self.device, self.model, sample[:PROBE_ROWS])
         self._ready = True
-        if self.compile and self.device.type == "cpu":
-            self.forward = self._packaged()
-        elif self.compile and not hasattr(self.model, "hf_device_map"):  # a model spread over GPUs stays eager
-            self.forward = compiled(self.model)
-        elif self.onednn and self.device.type == "cpu" and self.dtype is None and onednn_ready():
+        cpu = self.device.type == "cpu"
+        packaged = self._packaged(build=self.compile is True) if self.compile and cpu else None
+        if packaged is not None:
+            self.forward = packaged
+        elif self.compile is True and not cpu and not hasattr(self.model, "hf_device_map"):
+            self.forward = compiled(self.model)  # a model spread over GPUs stays eager
+        elif self.onednn and cpu and self.dtype is None and onednn_ready():
             prepack(self.model, self.micro_batch * 128)
 
-    def _packaged(self) -> Callable[..., dict[str, torch.Tensor]]:
-        """The model's AOTInductor package from the cache (built there first if missing); a
-        backbone that will not export is JIT-compiled instead."""
+    def _packaged(self, build: bool) -> Callable[..., dict[str, torch.Tensor]] | None:
+        """The model's AOTInductor package from the cache, built there first if missing (a backbone
+        that will not export is JIT-compiled instead); without `build`, None where there is none."""
         from . import aot
 
         started = time.perf_counter()
         try:
             forward, built = aot.compiled_forward(self.loaded, self.dtype, self.micro_batch,
-                                                  self.loaded.config.model.max_length, self.compiled_cache)
+                                                  self.loaded.config.model.max_length, self.compiled_cache,
+                                                  build_missing=build)
         except Exception as err:  # export covers most, not all, Hugging Face backbones
-            print(f"[score] no compiled package ({type(err).__name__}: {str(err)[:200]}); JIT-compiling instead",
-                  flush=True)
-            return compiled(self.model)
+            print(f"[score] no compiled package ({type(err).__name__}: {str(err)[:200]}); "
+                  f"{'JIT-compiling' if build else 'eager'} instead", flush=True)
+            return compiled(self.model) if build else None
+        if forward is None:
+            print("[score] no compiled package for this model on this node: eager (a larger run, or "
+                  "score.compile=true, builds one)", flush=True)
+            return None
         print(f"[score] compiled package {'built' if built else 'loaded'} in {time.perf_counter() - started:.1f} s",
               flush=True)
         return forward

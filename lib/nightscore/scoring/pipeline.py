@@ -40,10 +40,14 @@ class InvariantError(Exception):
     """Outputs failed a pre-commit check; nothing was committed."""
 
 
+KERNELS = {True: "compiled on first batch", "cached": "compiled if this node holds the package, else eager",
+           False: "eager"}
+
+
 class ScoringActor:
     """Holds one verified model copy; turns token batches into finished score rows."""
 
-    def __init__(self, model_uri: str, cfg: dict[str, Any], run_id: str, compile: bool,
+    def __init__(self, model_uri: str, cfg: dict[str, Any], run_id: str, compile: bool | str,
                  fail_marker: str | None = None):
         started = time.perf_counter()
         import torch
@@ -68,7 +72,7 @@ class ScoringActor:
         self.fail_marker = fail_marker
         self.batches = 0
         print(f"[score] actor ready in {time.perf_counter() - started:.1f} s (model {self.version}, "
-              f"{'compiled on first batch' if compile else 'eager'})", flush=True)
+              f"{KERNELS[compile]})", flush=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from .outputs import explain_mask, reasons_for, scores_table
