@@ -41,14 +41,23 @@ def build_model(cfg: Config, n_products: int, ds_config: dict[str, Any] | None =
     rank ever holds the whole backbone.
     """
     labels = cfg.schema.labels
-    partitioned = None
-    if ds_config and ds_config["zero_optimization"]["stage"] == 3 and cfg.train.finetune == "full":
+    zero3 = bool(ds_config) and ds_config["zero_optimization"]["stage"] == 3 and cfg.train.finetune == "full"
+    if zero3:
         from transformers.integrations.deepspeed import HfDeepSpeedConfig
 
         partitioned = HfDeepSpeedConfig(ds_config)  # transformers holds only a weak reference
     model = CreditModel.build(resolve_backbone(cfg.model.backbone, cfg.storage.s3), cfg.model.pooling,
                               n_products if labels.products else 0, labels.default is not None)
-    del partitioned  # later models (the LoRA export copy) load whole again
+    if zero3:
+        del partitioned  # later models (the LoRA export copy) load whole again
+        # ZeRO-Init loaded the backbone's partitions in the training dtype, and DeepSpeed casts
+        # only models it did not partition: the heads, built whole, must join them, or ZeRO-3's
+        # flat parameter buffer mixes dtypes (an AssertionError inside deepspeed.initialize,
+        # first seen on a GPU node with the production config, ZeRO-3 + bf16)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
+        for p in model.parameters():
+            if not hasattr(p, "ds_id"):
+                p.data = p.data.to(dtype)
     if cfg.train.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
