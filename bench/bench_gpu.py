@@ -69,7 +69,7 @@ def main() -> None:
         table = snapshot(Path(tmp) / "n", args.rows, 1, cfg)
         loaded = store.load(args.model)
         mcfg = loaded.config
-        predictor = Predictor(store.load(args.model), device="cuda", precision=cfg.score.precision,
+        predictor = Predictor(loaded, device="cuda", precision=cfg.score.precision,
                               micro_batch=cfg.score.micro_batch, compile=False)
         texts = serialize(table, mcfg.schema, mcfg.serialize)
         raw_half(predictor, loaded.tokenizer, mcfg.model.max_length, texts.slice(0, 2048))  # warm-up, precision
