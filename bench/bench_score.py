@@ -407,7 +407,8 @@ def main() -> None:
             # minutes, so raw spans the same stretch of time as the headline, on all N texts
             halves.append(raw_half(predictors["configured"], loaded.tokenizer, mcfg.model.max_length,
                                    texts.slice(args.rows // 2)))
-            raw = args.rows / sum(h["tokenize_s"] + h["model_s"] for h in halves)
+            whole = merged(halves)
+            raw = args.rows / (whole["tokenize_s"] + whole["model_s"])
             # raw's rate leaves out its one-time model load and compilation, which the end-to-end
             # run pays in every actor (at once, one per core); this second figure charges raw its own
             with_setup = args.rows / (args.rows / raw + setup_s["configured"])
@@ -416,9 +417,9 @@ def main() -> None:
             after32, after16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
             note(gemm_peak_fp32_gflops_after=after32 / 1e9, gemm_peak_bf16_gflops_after=after16 / 1e9,
                  **raw_figures(halves[1], loaded.model, after32, after16, "after"),
-                 **raw_figures(merged(halves), loaded.model, max(peak32, after32), max(peak16, after16), "all"))
+                 **raw_figures(whole, loaded.model, max(peak32, after32), max(peak16, after16), "all"))
             note(raw_rows_per_s=raw,
-                 raw_model_only_rows_per_s=args.rows / sum(h["model_s"] for h in halves), e2e_vs_raw=rate / raw,
+                 raw_model_only_rows_per_s=args.rows / whole["model_s"], e2e_vs_raw=rate / raw,
                  raw_with_setup_rows_per_s=with_setup, e2e_vs_raw_with_setup=rate / with_setup)
             if args.spark:
                 import ray
