@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench_score import CONFIG, e2e, raw_figures, raw_half, report, snapshot
+from bench_score import CONFIG, e2e, merged, raw_figures, raw_half, report, snapshot
 from nightscore.config import load_config
 from nightscore.model import store
 from nightscore.scoring.inference import Predictor
@@ -79,10 +79,11 @@ def main() -> None:
         rate, rss, _, record = e2e(cfg, f"{tmp}/n", args.model, f"{tmp}/out", args.rows)
         note(e2e_rows_per_s=rate, e2e_peak_rss_mb=rss, phase_seconds=record["phase_seconds"])
         halves.append(raw_half(predictor, loaded.tokenizer, mcfg.model.max_length, texts.slice(args.rows // 2)))
-        raw = args.rows / sum(h["tokenize_s"] + h["model_s"] for h in halves)
-        model_only = args.rows / sum(h["model_s"] for h in halves)
-        note(**figures(halves[1], loaded.model, peak, "after"), raw_rows_per_s=raw,
-             raw_model_only_rows_per_s=model_only, e2e_vs_raw=rate / raw,
+        note(**figures(halves[1], loaded.model, peak, "after"))
+        both = merged(halves)
+        raw = both["rows"] / (both["tokenize_s"] + both["model_s"])
+        note(**figures(both, loaded.model, peak, "all"), raw_rows_per_s=raw,
+             raw_model_only_rows_per_s=both["rows"] / both["model_s"], e2e_vs_raw=rate / raw,
              finished=dt.datetime.now().isoformat(timespec="seconds"))
 
 
