@@ -243,6 +243,6 @@ def _check(out_fs, staging: str, in_fs, files: list[str], cfg: Config, input_row
 
 
 def code_version() -> str:
-    from importlib.metadata import version
+    from nightscore import __version__
 
-    return f"nightscore {version('nightscore')}"
+    return f"nightscore {__version__}"

@@ -257,7 +257,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         preds = _evaluate(engine, valid_shard, collate, device, max(64, t.micro_batch * 4))
         m, calib = epoch_metrics(preds, cfg)
         warm_time, warm_seen = warm or (t0, 0)
-        totals = torch.tensor([seen, seen - warm_seen], dtype=torch.float64)
+        totals = torch.tensor([seen, seen - warm_seen], dtype=torch.float64, device=device)  # NCCL reduces GPU tensors only
         dist.all_reduce(totals)
         m.update({"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
                   "train_samples_per_s": float(totals[0]) / max(train_time, 1e-9),
