@@ -407,17 +407,17 @@ def main() -> None:
             # minutes, so raw spans the same stretch of time as the headline, on all N texts
             halves.append(raw_half(predictors["configured"], loaded.tokenizer, mcfg.model.max_length,
                                    texts.slice(args.rows // 2)))
-            whole = merged(halves)
-            raw = args.rows / (whole["tokenize_s"] + whole["model_s"])
-            # raw's rate leaves out its one-time model load and compilation, which the end-to-end
-            # run pays in every actor (at once, one per core); this second figure charges raw its own
-            with_setup = args.rows / (args.rows / raw + setup_s["configured"])
             # the peak again, next to the second half: MFU by half against the peak of its own
             # stretch of time; over all texts against the higher of the two, so drift never flatters it
             after32, after16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
+            whole = merged(halves)
+            overall = raw_figures(whole, loaded.model, max(peak32, after32), max(peak16, after16), "all")
             note(gemm_peak_fp32_gflops_after=after32 / 1e9, gemm_peak_bf16_gflops_after=after16 / 1e9,
-                 **raw_figures(halves[1], loaded.model, after32, after16, "after"),
-                 **raw_figures(whole, loaded.model, max(peak32, after32), max(peak16, after16), "all"))
+                 **raw_figures(halves[1], loaded.model, after32, after16, "after"), **overall)
+            raw = overall["raw_all_rows_per_s"]
+            # raw's rate leaves out its one-time model load and compilation, which the end-to-end
+            # run pays in every actor (at once, one per core); this second figure charges raw its own
+            with_setup = args.rows / (args.rows / raw + setup_s["configured"])
             note(raw_rows_per_s=raw,
                  raw_model_only_rows_per_s=args.rows / whole["model_s"], e2e_vs_raw=rate / raw,
                  raw_with_setup_rows_per_s=with_setup, e2e_vs_raw_with_setup=rate / with_setup)
