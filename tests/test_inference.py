@@ -305,3 +305,30 @@ def test_keep_heap_stops_large_buffers_faulting_in_again():
         cycle()
     # 20 fresh 8 MiB buffers are 40,960 page faults; at most two of them may still be fresh
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before <= 2 * 2048
+
+
+@pytest.mark.parametrize("kv_heads,masked", [(4, True), (4, False), (2, True)])
+def test_bmm_attention_matches_scaled_dot_product_attention(kv_heads, masked):
+    """The packages' attention computes what PyTorch's SDPA does: padded keys get no weight,
+    grouped key/value heads serve their query heads, and no mask means full attention."""
+    import torch.nn.functional as F
+    from transformers.masking_utils import bidirectional_mask_function, eager_mask
+
+    from nightscore.scoring.aot import bmm_attention
+
+    torch.manual_seed(0)
+    b, h, q, d = 3, 4, 7, 8
+    query = torch.randn(b, h, q, d)
+    key, value = torch.randn(b, kv_heads, q, d), torch.randn(b, kv_heads, q, d)
+    lengths = torch.tensor([7, 5, 2])
+    padding = (torch.arange(q)[None, :] < lengths[:, None]).long()
+    mask = (eager_mask(b, q, q, mask_function=bidirectional_mask_function, attention_mask=padding.bool())
+            if masked else None)
+    got, _ = bmm_attention(None, query, key, value, mask, scaling=0.3)
+    group = h // kv_heads
+    want = F.scaled_dot_product_attention(query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1),
+                                          attn_mask=padding[:, None, None, :].bool() if masked else None, scale=0.3)
+    torch.testing.assert_close(got, want.transpose(1, 2), rtol=1e-5, atol=1e-5)
+    if masked:  # a padded key changes nothing
+        value[1, :, 5:] = 100.0
+        torch.testing.assert_close(bmm_attention(None, query, key, value, mask, scaling=0.3)[0], got)

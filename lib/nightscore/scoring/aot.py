@@ -2,9 +2,9 @@
 then loaded by every later actor in a fraction of a second.
 
 A JIT torch.compile costs each actor ~12 s on every run (Inductor cannot cache a graph that holds
-oneDNN-prepacked weights). The package holds the same kernels (prepacked oneDNN linears, the CPU
-flash-attention kernel, fused layer norms and GELUs), so a nightly run pays the compilation on
-its first night on a node only. The package is built here, from the verified model, into a local
+oneDNN-prepacked weights). The package holds prepacked oneDNN linears, fused layer norms and GELUs,
+and attention as batched matmuls (see bmm_attention), so a nightly run pays the compilation on its
+first night on a node only. The package is built here, from the verified model, into a local
 cache; its files' sha256 are recorded beside it and checked before every load.
 """
 from __future__ import annotations
@@ -24,11 +24,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from ..model.store import LoadedModel, sha256_file
 from .inference import swap_linears
 
-FORMAT = 1  # bump when what a package holds changes
+FORMAT = 2  # bump when what a package holds changes
 HEADS = ("default_logit", "product_logits")
 UNUSED_DAYS = 14  # a package no run has loaded for this long is removed when another is built
 
@@ -50,6 +52,41 @@ class LowPrecisionLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(self.dtype), self.weight, self.bias)
+
+
+ATTENTION = "nightscore_bmm"  # the attention a package's backbone is exported with
+
+
+def bmm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                  **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention for inference on a CPU as three steps Inductor compiles well: scores by baddbmm
+    (the additive mask folded into the GEMM), softmax in fp32, then bmm with the values.
+
+    PyTorch's CPU flash kernel is slow at a small model's shape: at MiniLM's (32 rows x 12 heads x
+    120 tokens, head dimension 32, bf16, 2 threads) it ran 46-63 GFLOP/s and this, compiled, 96-104;
+    attention was 28 % of the compiled model's time, and the whole model ran 1.08-1.15 x as fast
+    with the same outputs to bf16 rounding (bench/RESULTS.md). A Hugging Face attention function:
+    (batch, heads, tokens, head dim) in, (batch, tokens, heads, head dim) out.
+    """
+    b, h, q, d = query.shape
+    if key.shape[1] != h:  # grouped-query attention: each key/value head serves several query heads
+        key, value = (t.repeat_interleave(h // t.shape[1], dim=1) for t in (key, value))
+    kv = key.shape[2]
+    q3, k3 = query.reshape(b * h, q, d), key.reshape(b * h, kv, d).transpose(1, 2)
+    scale = d**-0.5 if scaling is None else scaling
+    if attention_mask is None:
+        scores = torch.bmm(q3, k3) * scale
+    else:
+        bias = attention_mask.to(query.dtype).expand(b, h, q, kv).reshape(b * h, q, kv)
+        scores = torch.baddbmm(bias, q3, k3, alpha=scale)
+    probs = torch.softmax(scores, -1, dtype=torch.float32).to(value.dtype)
+    out = torch.bmm(probs, value.reshape(b * h, kv, d)).view(b, h, q, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION, bmm_attention)
+AttentionMaskInterface.register(ATTENTION, eager_mask)  # the additive float mask bmm_attention adds
 
 
 class _Heads(nn.Module):
@@ -76,9 +113,11 @@ def package_dir(loaded: LoadedModel, dtype: torch.dtype | None, cache: str) -> P
 
 
 def build(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, length: int, target: Path) -> None:
-    """Export the model (backbone linears in `dtype`, heads in fp32 as under autocast) with dynamic
-    rows and length, compile it with frozen weights, and publish it at `target` atomically."""
+    """Export the model (backbone linears in `dtype`, heads in fp32 as under autocast, attention by
+    bmm_attention where the backbone takes Hugging Face's attention functions) with dynamic rows
+    and length, compile it with frozen weights, and publish it at `target` atomically."""
     model = copy.deepcopy(loaded.model).eval().requires_grad_(False)
+    model.backbone.config._attn_implementation = ATTENTION  # the copy's config only
     if dtype is not None:
         swap_linears(model.backbone, lambda layer: LowPrecisionLinear(layer, dtype))
     example = (torch.ones(rows, length, dtype=torch.long), torch.ones(rows, length, dtype=torch.long))
