@@ -22,8 +22,8 @@ from nightscore import synth
 from nightscore.config import load_config
 from nightscore.model import store
 from nightscore.model.tokens import tokenize
-from nightscore.scoring.aot import ATTENTION, LowPrecisionLinear, bmm_attention
-from nightscore.scoring.inference import Predictor, compiled, swap_linears
+from nightscore.scoring.aot import bmm_attention, package_form
+from nightscore.scoring.inference import Predictor, compiled
 from nightscore.serialize import serialize
 
 KERNELS = {"attention": ("attention", "bmm"), "linear": ("linear", "addmm", "mm")}  # first match wins
@@ -89,10 +89,8 @@ def main() -> None:
     t0 = time.perf_counter()
     predictor.predict(ids)
     wall = time.perf_counter() - t0
-    model = predictor.model  # the package's graph, JIT-compiled: its kernels show in the profile
-    swap_linears(model.backbone, lambda layer: LowPrecisionLinear(layer, torch.bfloat16))
-    model.backbone.config._attn_implementation = ATTENTION
-    predictor.forward = compiled(model)
+    # the package's graph, JIT-compiled: its kernels show in the profile
+    predictor.forward = compiled(package_form(predictor.model, torch.bfloat16))
     predictor.predict(ids)  # compile, and every batch shape once
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         predictor.predict(ids)

@@ -112,14 +112,21 @@ def package_dir(loaded: LoadedModel, dtype: torch.dtype | None, cache: str) -> P
     return Path(cache) / f"{loaded.version}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def build(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, length: int, target: Path) -> None:
-    """Export the model (backbone linears in `dtype`, heads in fp32 as under autocast, attention by
-    bmm_attention where the backbone takes Hugging Face's attention functions) with dynamic rows
-    and length, compile it with frozen weights, and publish it at `target` atomically."""
-    model = copy.deepcopy(loaded.model).eval().requires_grad_(False)
+def package_form(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """A copy of the model as a package computes it: backbone linears in `dtype` (heads in fp32,
+    as under autocast), attention by bmm_attention where the backbone takes Hugging Face's
+    attention functions. The original is left as it was."""
+    model = copy.deepcopy(model).eval().requires_grad_(False)
     model.backbone.config._attn_implementation = ATTENTION  # the copy's config only
     if dtype is not None:
         swap_linears(model.backbone, lambda layer: LowPrecisionLinear(layer, dtype))
+    return model
+
+
+def build(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, length: int, target: Path) -> None:
+    """Export the model in its package form with dynamic rows and length, compile it with frozen
+    weights, and publish it at `target` atomically."""
+    model = package_form(loaded.model, dtype)
     example = (torch.ones(rows, length, dtype=torch.long), torch.ones(rows, length, dtype=torch.long))
     dims = {0: torch.export.Dim("rows", min=1, max=1 << 16), 1: torch.export.Dim("length", min=2, max=length)}
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
