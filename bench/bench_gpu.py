@@ -1,11 +1,12 @@
 """Scoring on one GPU: the scoring job's pipeline with a GPU inference actor against the same
-model's raw in-process rows/s on the same GPU and texts, and the model FLOP utilisation against
+model's raw in-process rows/s on the same GPU and rows, and the model FLOP utilisation against
 the GPU's measured bf16 GEMM peak. Run by bench/gpu_check.sh on a machine with an NVIDIA GPU.
 
     python bench/bench_gpu.py --model MODEL_DIR --rows 200000 [--json FILE] [key.path=value ...]
 
-As in bench_score.py, raw is measured on half the texts just before the end-to-end run and on
-the other half just after it; raw includes tokenisation (in this process, on all cores).
+As in bench_score.py, raw is measured on half the rows just before the end-to-end run and on
+the other half just after it; raw includes encoding the rows (model_input, text tokenisation
+included; in this process, on all cores).
 """
 import argparse
 import datetime as dt
@@ -19,7 +20,6 @@ from bench_score import CONFIG, e2e, merged, raw_figures, raw_half, report, snap
 from nightscore.config import load_config
 from nightscore.model import store
 from nightscore.scoring.inference import Predictor
-from nightscore.serialize import serialize
 
 
 def gpu_gemm_peak(n: int = 8192, seconds: float = 3.0) -> float:
@@ -68,17 +68,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         table = snapshot(Path(tmp) / "n", args.rows, 1, cfg)
         loaded = store.load(args.model)
-        mcfg = loaded.config
         predictor = Predictor(loaded, device="cuda", precision=cfg.score.precision,
                               micro_batch=cfg.score.micro_batch, compile=False)
-        texts = serialize(table, mcfg.schema, mcfg.serialize)
-        raw_half(predictor, loaded.tokenizer, mcfg.model.max_length, texts.slice(0, 2048))  # warm-up, precision
+        raw_half(predictor, table.slice(0, 2048))  # warm-up, precision
         note(precision="bf16" if predictor.dtype is torch.bfloat16 else "fp32")
-        halves = [raw_half(predictor, loaded.tokenizer, mcfg.model.max_length, texts.slice(0, args.rows // 2))]
+        halves = [raw_half(predictor, table.slice(0, args.rows // 2))]
         note(**figures(halves[0], loaded.model, peak, "before"))
         rate, rss, _, record = e2e(cfg, f"{tmp}/n", args.model, f"{tmp}/out", args.rows)
         note(e2e_rows_per_s=rate, e2e_peak_rss_mb=rss, phase_seconds=record["phase_seconds"])
-        halves.append(raw_half(predictor, loaded.tokenizer, mcfg.model.max_length, texts.slice(args.rows // 2)))
+        halves.append(raw_half(predictor, table.slice(args.rows // 2)))
         note(**figures(halves[1], loaded.model, peak, "after"))
         both = merged(halves)
         overall = figures(both, loaded.model, peak, "all")

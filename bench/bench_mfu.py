@@ -1,8 +1,10 @@
 """Where the compiled model's time goes, and what caps its FLOP utilisation: the forward pass
-profiled by kernel class (linear layers, attention's kernels, Inductor's fused element-wise
-kernels, attention's softmax among them), each class's FLOP/s, and every attention kernel
-PyTorch offers on this CPU at the model's attention shape. The rate is the cached package's;
-the profile is of the same graph JIT-compiled, whose kernels the profiler can tell apart.
+(backbone and heads on the input embeddings, the part scoring compiles; feature tokens and wide
+terms stay eager) profiled by kernel class (linear layers, attention's kernels, Inductor's fused
+element-wise kernels, attention's softmax among them), each class's FLOP/s, and every attention
+kernel PyTorch offers on this CPU at the model's attention shape. The rate is the cached
+package's; the profile is of the same graph JIT-compiled, whose kernels the profiler can tell
+apart. Tokens per row: the fixed ones (start, one per structured feature, separator) plus text.
 
     python bench/bench_mfu.py --model MODEL_DIR [--rows 600] [--threads 2] [--peak GFLOPS]
 
@@ -12,19 +14,17 @@ session; without it this machine's is measured as bench_score.py does (~30 s).
 import argparse
 import time
 
-import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from bench_score import CONFIG, DATE, attention_flops_per_token, gemm_peak, model_flops_per_token
+from bench_score import CONFIG, DATE, attention_flops_per_token, gemm_peak, model_flops_per_token, sequence_tokens
 from nightscore import synth
 from nightscore.config import load_config
 from nightscore.model import store
-from nightscore.model.tokens import tokenize
 from nightscore.scoring.aot import bmm_attention, package_form
 from nightscore.scoring.inference import Predictor, compiled
-from nightscore.serialize import serialize
+from nightscore.scoring.prepare import model_input
 
 KERNELS = {"attention": ("attention", "bmm"), "linear": ("linear", "addmm", "mm")}  # first match wins
 
@@ -81,19 +81,19 @@ def main() -> None:
     loaded = store.load(args.model)
     mcfg = loaded.config
     table, _ = synth.generate(args.rows, DATE, 7, synth.catalog_product_ids(cfg.products.catalog))
-    ids = tokenize(serialize(table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
-    tokens = pc.sum(pc.list_value_length(ids)).as_py()
+    inputs, _ = model_input(table, mcfg, str(loaded.root))
+    tokens = sequence_tokens(loaded, inputs)  # fixed tokens + text tokens, over all rows
     predictor = Predictor(loaded, precision="bf16", micro_batch=cfg.score.micro_batch, threads=args.threads,
                           compile=True)
-    predictor.predict(ids)  # build or load the package
+    predictor.predict(inputs)  # build or load the package
     t0 = time.perf_counter()
-    predictor.predict(ids)
+    predictor.predict(inputs)
     wall = time.perf_counter() - t0
-    # the package's graph, JIT-compiled: its kernels show in the profile
-    predictor.forward = compiled(package_form(predictor.model, torch.bfloat16))
-    predictor.predict(ids)  # compile, and every batch shape once
+    # the package's graph (encode on the input embeddings), JIT-compiled: its kernels show in the profile
+    predictor.encode = compiled(package_form(predictor.model, torch.bfloat16).encode)
+    predictor.predict(inputs)  # compile, and every batch shape once
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        predictor.predict(ids)
+        predictor.predict(inputs)
 
     bb = loaded.model.backbone.config
     seq = tokens / args.rows

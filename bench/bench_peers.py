@@ -12,7 +12,7 @@ number of contenders (a Latin square) every contender runs early, mid and late e
 probe (the same fixed rows before every round and after the last) shows the drift itself.
 Reported: each contender's pooled rows/s (all its rows over all its seconds), the per-round
 ratios Ray / peer (neighbours in time) and their geometric mean, and each peer's largest PD
-gap to Ray's outputs (both scored the same texts with the same model).
+gap to Ray's outputs (both scored the same rows with the same model).
 """
 import argparse
 import datetime as dt
@@ -24,9 +24,8 @@ from pathlib import Path
 from bench_score import CONFIG, e2e, pd_gap, precision_of, report, snapshot, spark_run
 from nightscore.config import load_config
 from nightscore.model import store
-from nightscore.model.tokens import tokenize
 from nightscore.scoring.inference import Predictor
-from nightscore.serialize import serialize
+from nightscore.scoring.prepare import model_input
 
 PROBE_ROWS = 300
 
@@ -56,17 +55,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         loaded = store.load(args.model)
         probe_table = snapshot(Path(tmp) / "probe", PROBE_ROWS, 99, cfg)
-        probe_ids = tokenize(serialize(probe_table, loaded.config.schema, loaded.config.serialize),
-                             loaded.tokenizer, loaded.config.model.max_length)
+        probe_inputs, _ = model_input(probe_table, loaded.config, str(loaded.root))
         predictor = Predictor(loaded, precision=cfg.score.precision, micro_batch=cfg.score.micro_batch,
                               threads=2, onednn=cfg.score.onednn)
-        predictor.predict(probe_ids.slice(0, 32))  # warm-up and precision choice, not timed
+        predictor.predict(probe_inputs.slice(0, 32))  # warm-up and precision choice, not timed
         precision = precision_of(predictor)
         note(precision=precision, compiled=cfg.score.compiles(chunk / cfg.score.num_actors))
 
         def probe(label: str) -> None:
             t0 = time.perf_counter()
-            predictor.predict(probe_ids)
+            predictor.predict(probe_inputs)
             note(**{f"raw_probe_{label}_rows_per_s": PROBE_ROWS / (time.perf_counter() - t0)})
 
         for r in range(args.rounds):

@@ -15,10 +15,8 @@ from bench_score import CONFIG, DATE
 from nightscore import synth
 from nightscore.config import load_config
 from nightscore.model import store
-from nightscore.model.tokens import tokenize_with_fields
-from nightscore.schema import model_features
 from nightscore.scoring.inference import Predictor
-from nightscore.serialize import field_spans, serialize
+from nightscore.scoring.prepare import model_input
 
 
 def main() -> None:
@@ -32,25 +30,22 @@ def main() -> None:
     loaded = store.load(args.model)
     mcfg = loaded.config
     table, _ = synth.generate(args.rows, DATE, 11, synth.catalog_product_ids(cfg.products.catalog))
-    ids, fields = tokenize_with_fields(serialize(table, mcfg.schema, mcfg.serialize),
-                                       field_spans(table, mcfg.schema, mcfg.serialize), loaded.tokenizer,
-                                       mcfg.model.max_length)
+    inputs, _ = model_input(table, mcfg, str(loaded.root))
     predictor = Predictor(loaded, precision=cfg.score.precision, micro_batch=cfg.score.micro_batch,
                           threads=args.threads)
-    n_fields = len(model_features(mcfg.schema))
     own = loaded.model.backbone.config._attn_implementation
     variants = {  # name: (reason codes for every row, the gradient pass's attention)
         "no reason codes": (False, predictor.grad_attention),
         f"reason codes, gradient pass with {predictor.grad_attention} attention (default)": (True, predictor.grad_attention),
         f"reason codes, gradient pass with the model's {own} attention": (True, None),
     }
-    predictor.predict(ids.slice(0, 64), fields.slice(0, 64), n_fields, explain=lambda pd: pd >= 0)  # warm-up
+    predictor.predict(inputs.slice(0, 64), explain=lambda pd: pd >= 0)  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, (explain, grad_attention) in variants.items():
             predictor.grad_attention = grad_attention
             t0 = time.perf_counter()
-            predictor.predict(ids, fields, n_fields, explain=(lambda pd: pd >= 0) if explain else None)
+            predictor.predict(inputs, explain=(lambda pd: pd >= 0) if explain else None)
             rates[name].append(args.rows / (time.perf_counter() - t0))
     print(f"{args.rows} rows, {args.threads} thread(s), {predictor.dtype or torch.float32}, "
           f"torch {torch.__version__}, median of {args.repeats} interleaved passes:")

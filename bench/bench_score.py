@@ -1,5 +1,5 @@
 """Scoring throughput: end-to-end Ray Data pipeline vs the same model's raw in-process rows/s on the
-same texts; model FLOP utilisation against this machine's measured GEMM peak; peak RSS at N and 4N.
+same rows; model FLOP utilisation against this machine's measured GEMM peak; peak RSS at N and 4N.
 
     python bench/bench_score.py --model MODEL_DIR --rows 200000 [--sample-rows 4000] [--rss-rows 1000] [--spark] [--memory-only]
                                 [key.path=value ...]
@@ -7,9 +7,9 @@ same texts; model FLOP utilisation against this machine's measured GEMM peak; pe
 The headline is the configured layout's end-to-end rate on all N rows; with --spark, Spark
 scores the same N rows right after it, twice (both frameworks pay their own start-up, so all
 are compared at the same size): once with nightscore's own inference code inside the
-pandas_udf (the platforms alone differ), once with the pandas_udf a team would write with
-Hugging Face directly (the alternative to adopting nightscore). Raw in-process is the same
-model in this process on the same N texts (tokenised, then predicted), half of them just before
+pandas_udf (the platforms alone differ), once with the pandas_udf a team would write around
+the PyTorch model directly (the alternative to nightscore's inference code). Raw in-process is the same
+model in this process on the same N rows (encoded, then predicted), half of them just before
 the headline and half just after, so that it spans the same stretch of a drifting machine; the
 actor layouts and the compiled-vs-eager comparison run on a random sample of S of the rows.
 Every end-to-end and Spark run also splits the machine's CPU time between the processes
@@ -28,18 +28,17 @@ from typing import Callable
 import numpy as np
 import psutil
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from nightscore import synth
 from nightscore.config import load_config
 from nightscore.model import store
+from nightscore.model.features import text_lengths, to_tensors
 from nightscore.model.network import block_list
-from nightscore.model.tokens import tokenize
 from nightscore.scoring.inference import Predictor, onednn_ready
 from nightscore.scoring.pipeline import run
-from nightscore.serialize import serialize
+from nightscore.scoring.prepare import model_input
 
 CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "local.yaml"
 DATE = dt.date(2026, 11, 2)
@@ -98,15 +97,23 @@ def model_flops_per_token(model, seq: float) -> float:
     return 2 * params + attention_flops_per_token(model, seq)
 
 
-def raw_half(predictor: Predictor, tokenizer, max_length: int, texts: pa.Array) -> dict[str, float]:
-    """The model in this process on model texts: tokenise, then predict, each timed."""
+def sequence_tokens(loaded, inputs: pa.Table) -> int:
+    """Tokens the backbone reads over all rows, padding aside: each row's fixed tokens (start,
+    one per structured feature, separator) plus its text tokens."""
+    return inputs.num_rows * loaded.encoders.fixed_tokens + int(text_lengths(inputs).sum())
+
+
+def raw_half(predictor: Predictor, rows: pa.Table) -> dict[str, float]:
+    """The model in this process on snapshot rows: encode (model_input, text tokenisation
+    included), then predict, each timed. "tokenize_s" is the encoding's time."""
+    loaded = predictor.loaded
     t0 = time.perf_counter()
-    ids = tokenize(texts, tokenizer, max_length)
+    inputs, _ = model_input(rows, loaded.config, str(loaded.root))
     t1 = time.perf_counter()
-    predictor.predict(ids)
+    predictor.predict(inputs)
     t2 = time.perf_counter()
-    tokens = pc.sum(pc.list_value_length(ids)).as_py()
-    return {"rows": len(texts), "tokens": tokens, "tokenize_s": t1 - t0, "model_s": t2 - t1}
+    return {"rows": rows.num_rows, "tokens": sequence_tokens(loaded, inputs), "tokenize_s": t1 - t0,
+            "model_s": t2 - t1}
 
 
 def merged(halves: list[dict[str, float]]) -> dict[str, float]:
@@ -115,7 +122,7 @@ def merged(halves: list[dict[str, float]]) -> dict[str, float]:
 
 
 def raw_figures(half: dict[str, float], model, peak32: float, peak16: float, when: str) -> dict[str, float]:
-    """One raw half's rows/s (tokenisation included), and its model FLOP/s over the model time
+    """One raw half's rows/s (encoding included), and its model FLOP/s over the model time
     alone against the GEMM peaks."""
     seq = half["tokens"] / half["rows"]
     achieved = half["tokens"] * model_flops_per_token(model, seq) / half["model_s"]
@@ -208,14 +215,15 @@ def write_partition(root: Path, table: pa.Table, files: int = 2) -> None:
 def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: int, out_dir: str,
                      peer: str, precision: str) -> float:
     """The peer: Spark local mode, one task per core with one torch thread each, the same
-    verified model loaded once per task in a pandas_udf, scoring the same texts at the same
-    precision as nightscore's actors.
+    verified model loaded once per task in a pandas_udf, scoring the same rows at the same
+    precision as nightscore's actors; both encode the rows as the model directory defines them
+    (model_input).
 
     peer "nightscore": the UDF calls nightscore's own inference code (Predictor: length-sorted
     micro-batches, the same kernels, compiled when the actors compile), so only the platforms
-    differ. peer "hf": the UDF a team would write with Hugging Face directly: its tokenizer
-    pads each micro-batch of rows, in the order they come, to the longest one, and the model
-    runs eagerly under inference_mode (and bf16 autocast where the actors run bf16)."""
+    differ. peer "hf": the UDF a team would write around the PyTorch model directly: each
+    micro-batch of rows, in the order they come, padded to its longest text, and the model's
+    plain forward run eagerly under inference_mode (and bf16 autocast where the actors run bf16)."""
     import os
     import sys
     from typing import Iterator
@@ -235,34 +243,28 @@ def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: i
     compile_ = cfg.score.compiles(rows / cores)  # each task scores rows / cores, as each actor does
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    def texts_of(frame: pd.DataFrame, mcfg) -> pa.Array:
-        return serialize(pa.Table.from_pandas(frame, preserve_index=False), mcfg.schema, mcfg.serialize)
+    def inputs_of(frame: pd.DataFrame, loaded) -> pa.Table:
+        return model_input(pa.Table.from_pandas(frame, preserve_index=False), loaded.config, str(loaded.root))[0]
 
     @pandas_udf(DoubleType())
     def score_nightscore(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
         loaded = store.load(model_dir)
-        mcfg = loaded.config
         predictor = Predictor(loaded, precision=precision, micro_batch=micro_batch, threads=1, onednn=onednn,
                               compile=compile_)
         for frame in batches:
-            ids = tokenize(texts_of(frame, mcfg), loaded.tokenizer, mcfg.model.max_length)
-            yield pd.Series(predictor.predict(ids).pd)
+            yield pd.Series(predictor.predict(inputs_of(frame, loaded)).pd)
 
     @pandas_udf(DoubleType())
     def score_hf(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
-        from transformers import AutoTokenizer
-
         torch.set_num_threads(1)
         loaded = store.load(model_dir)
-        model, mcfg = loaded.model.eval(), loaded.config
-        tokenizer = AutoTokenizer.from_pretrained(str(loaded.root / store.BACKBONE_DIR))
+        model = loaded.model.eval()
         for frame in batches:
-            texts, logits = texts_of(frame, mcfg).to_pylist(), []
+            inputs, logits = inputs_of(frame, loaded), []
             with torch.inference_mode(), autocast:
-                for i in range(0, len(texts), micro_batch):
-                    enc = tokenizer(texts[i:i + micro_batch], padding=True, truncation=True,
-                                    max_length=mcfg.model.max_length, return_tensors="pt")
-                    logits.append(model(enc["input_ids"], enc["attention_mask"])["default_logit"].numpy())
+                for i in range(0, inputs.num_rows, micro_batch):
+                    x = to_tensors(inputs, np.arange(i, min(i + micro_batch, inputs.num_rows)))
+                    logits.append(model(x)["default_logit"].float().numpy())
             yield pd.Series(calibration.apply(loaded.meta["calibration"], np.concatenate(logits)))
 
     score = {"nightscore": score_nightscore, "hf": score_hf}[peer]
@@ -294,7 +296,7 @@ def spark_run(snapshot_dir: str, model_dir: str, cfg, rows: int, out_dir: str, p
 
 def pd_gap(ray_out: str, record: dict, spark_out: str, id_col: str) -> float:
     """Largest |PD difference| between Ray's and a Spark peer's outputs, joined on the id: the
-    check that both scored the same texts with the same model."""
+    check that both scored the same rows with the same model."""
     import pyarrow.dataset as pads
 
     ours = pads.dataset([f"{ray_out}/date={DATE}/{f}" for f in record["files"]["scores"]]).to_table(
@@ -370,7 +372,7 @@ def main() -> None:
             sample = f"{tmp}/s"
             loaded = store.load(args.model)
             mcfg = loaded.config
-            ids = tokenize(serialize(sample_table, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
+            inputs, _ = model_input(sample_table, mcfg, str(loaded.root))
             # the kernels the headline's actors use (compiled when they compile), and eager ones
             # for comparison (each on its own model copy: prepacking swaps the layers in place)
             compiles = cfg.score.compiles(args.rows / cfg.score.num_actors)
@@ -380,22 +382,20 @@ def main() -> None:
                 predictors[kernels] = Predictor(store.load(args.model), precision=cfg.score.precision,
                                                 micro_batch=cfg.score.micro_batch, threads=2, onednn=cfg.score.onednn,
                                                 compile=compile_)
-                predictors[kernels].predict(ids.slice(0, 64))  # precision choice and compilation: not in raw's rate
+                predictors[kernels].predict(inputs.slice(0, 64))  # precision choice and compilation: not in raw's rate
                 setup_s[kernels] = time.perf_counter() - t0
             precision = precision_of(predictors["configured"])
             note(raw_setup_s=setup_s["configured"])
 
             def raw_rate(kernels: str = "configured") -> float:
                 t0 = time.perf_counter()
-                predictors[kernels].predict(ids)
+                predictors[kernels].predict(inputs)
                 return s_rows / (time.perf_counter() - t0)
 
             if compiles:
                 note(sample_raw_rows_per_s=raw_rate(), sample_raw_eager_rows_per_s=raw_rate("eager"))
                 note(compiled_over_eager=out["sample_raw_rows_per_s"] / out["sample_raw_eager_rows_per_s"])
-            texts = serialize(table, mcfg.schema, mcfg.serialize)
-            halves = [raw_half(predictors["configured"], loaded.tokenizer, mcfg.model.max_length,
-                               texts.slice(0, args.rows // 2))]
+            halves = [raw_half(predictors["configured"], table.slice(0, args.rows // 2))]
             peak32, peak16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
             note(precision=precision, compiled=compiles, gemm_peak_fp32_gflops=peak32 / 1e9,
                  gemm_peak_bf16_gflops=peak16 / 1e9, **raw_figures(halves[0], loaded.model, peak32, peak16, "before"))
@@ -404,11 +404,10 @@ def main() -> None:
             rate, rss, shares, record = e2e(cfg, f"{tmp}/n", args.model, f"{tmp}/out", args.rows)
             note(e2e_rows_per_s=rate, e2e_peak_rss_mb=rss, **{f"e2e_{k}": v for k, v in shares.items()})
             # the other half right after it: the machine's speed drifts by tens of percent within
-            # minutes, so raw spans the same stretch of time as the headline, on all N texts
-            halves.append(raw_half(predictors["configured"], loaded.tokenizer, mcfg.model.max_length,
-                                   texts.slice(args.rows // 2)))
+            # minutes, so raw spans the same stretch of time as the headline, on all N rows
+            halves.append(raw_half(predictors["configured"], table.slice(args.rows // 2)))
             # the peak again, next to the second half: MFU by half against the peak of its own
-            # stretch of time; over all texts against the higher of the two, so drift never flatters it
+            # stretch of time; over all rows against the higher of the two, so drift never flatters it
             after32, after16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
             whole = merged(halves)
             overall = raw_figures(whole, loaded.model, max(peak32, after32), max(peak16, after16), "all")

@@ -1,5 +1,6 @@
 """Training throughput: Ray Train + DeepSpeed ZeRO 0/2/3 on 2 CPU workers vs a plain single-process
-torch loop, same rows, same texts, same micro-batch, MiniLM. Run with nothing else on the machine.
+torch loop, same rows, same model input (feature tokens, then text), same micro-batch, MiniLM.
+Run with nothing else on the machine.
 
     python bench/bench_train.py --rows 320 [key.path=value ...] [--stages 0 2 3]
 """
@@ -14,13 +15,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from nightscore import synth
+from nightscore import encode, synth
 from nightscore.config import load_config
-from nightscore.model.network import CreditModel, pad_batch
+from nightscore.model.features import to_tensors
 from nightscore.model.store import resolve_backbone
-from nightscore.model.tokens import pad_token_id, tokenize, tokenizer_for
-from nightscore.serialize import serialize
+from nightscore.model.tokens import tokenizer_for
 from nightscore.training.data import multi_hot
+from nightscore.training.loop import build_model
 from nightscore.training.trainer import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "local.yaml"
@@ -29,34 +30,38 @@ CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "local.yaml"
 def plain_loop(cfg, table, threads: int) -> tuple[float, float]:
     """The baseline: one process, all cores, the same model, loss, micro-batches and optimizer
     steps (gradients accumulated over the same global batch as the Ray Train run).
+    The rows are encoded as model_input encodes them for a model directory, with encoders fitted
+    on these rows as the training job fits its own (there is no model directory yet).
     Returns (samples/s over the run, samples/s after the first optimizer step)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     path = resolve_backbone(cfg.model.backbone)
-    tok, pad_id = tokenizer_for(path), pad_token_id(path)
-    ids = tokenize(serialize(table, cfg.schema, cfg.serialize), tok, cfg.model.max_length).to_pylist()
+    tok = tokenizer_for(path)
+    encoders = encode.fit(table, cfg.schema, cfg.model, tok, path)
+    inputs, _ = encode.encode(table, encoders, cfg.schema, tok)
+    n = inputs.num_rows
     products = synth.catalog_product_ids(cfg.products.catalog)
     y = torch.tensor(table.column("default_12m").to_numpy(zero_copy_only=False).astype(np.float32))
     yp = torch.tensor(multi_hot(table.column("products_acquired_90d"), products))
-    model = CreditModel.build(path, cfg.model.pooling, len(products), True)
+    model = build_model(cfg, len(products), encoders)  # as Ray Train's workers build it (frozen word embeddings)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     mb = cfg.train.micro_batch
     accum = cfg.train.grad_accum * cfg.train.num_workers  # micro-batches per optimizer step, as in Ray Train
     t0 = time.time()
     warm = None
-    for i, start in enumerate(range(0, len(ids), mb), 1):
-        x, mask = pad_batch([np.array(r) for r in ids[start:start + mb]], pad_id)
-        out = model(x, mask)
+    for i, start in enumerate(range(0, n, mb), 1):
+        x = to_tensors(inputs, np.arange(start, min(start + mb, n)))
+        out = model(x)
         loss = bce(out["default_logit"], y[start:start + mb]) + bce(out["product_logits"], yp[start:start + mb])
         (loss / accum).backward()
-        if i % accum == 0 or start + mb >= len(ids):
+        if i % accum == 0 or start + mb >= n:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad()
             warm = warm or (time.time(), start + mb)
     end = time.time()
-    return len(ids) / (end - t0), (len(ids) - warm[1]) / (end - warm[0])
+    return n / (end - t0), (n - warm[1]) / (end - warm[0])
 
 
 def main() -> None:
@@ -65,9 +70,9 @@ def main() -> None:
     p.add_argument("--stages", type=int, nargs="+", default=[0, 2, 3])
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    # every row is a training row: the validation split is kept tiny and not timed
+    # ~rows training rows: the validation split is kept tiny; it and the calibration rows are not timed
     cfg = load_config(CONFIG, ["train.epochs=1", "train.valid_fraction=0.02", *args.overrides])
-    n = int(args.rows / (1 - cfg.train.valid_fraction)) + 1
+    n = int(args.rows / (1 - cfg.train.valid_fraction - cfg.train.calibration_fraction)) + 1
     table, _ = synth.generate(n, dt.date(2026, 11, 1), 0, synth.catalog_product_ids(cfg.products.catalog), labels=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

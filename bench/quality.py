@@ -54,7 +54,7 @@ def main() -> None:
                 results.setdefault(name, []).append((M.auc(y[te], pd_), M.ks(y[te], pd_)))
             train(cfg, f"{tmp}/f{k}/train", None, f"{tmp}/f{k}/model", storage_path=f"{tmp}/runs", run_name=f"f{k}")
             res, _ = evaluate(cfg, f"{tmp}/f{k}/model", f"{tmp}/f{k}/test")
-            results.setdefault("nightscore (MiniLM)", []).append((res["auc"], res["ks"]))
+            results.setdefault("nightscore (MiniLM, feature tokens)", []).append((res["auc"], res["ks"]))
             print(f"[quality] fold {k + 1}/{args.folds}: " + "  ".join(
                 f"{n} AUC {v[-1][0]:.3f}" for n, v in results.items()), flush=True)
     print(json.dumps(results, indent=2))

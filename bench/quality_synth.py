@@ -25,10 +25,9 @@ from nightscore import metrics as M
 from nightscore import synth
 from nightscore.config import load_config
 from nightscore.model import store
-from nightscore.model.tokens import tokenize
 from nightscore.scoring.inference import Predictor
-from nightscore.serialize import serialize
-from nightscore.training.data import in_validation, multi_hot
+from nightscore.scoring.prepare import model_input
+from nightscore.training.data import TRAIN, multi_hot, roles
 from nightscore.training.trainer import train
 
 import baselines
@@ -49,19 +48,23 @@ def write(table: pa.Table, root: Path, files: int = 4) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--train-rows", type=int, default=20_000, help="rows the models train on (validation rows extra)")
+    p.add_argument("--train-rows", type=int, default=20_000,
+                   help="rows the models train on (validation and calibration rows extra)")
     p.add_argument("--test-rows", type=int, default=4_000)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     cfg = load_config(CONFIG, args.overrides)
     k = cfg.products.top_k
     product_ids = synth.catalog_product_ids(cfg.products.catalog)
-    n = math.ceil(args.train_rows / (1 - cfg.train.valid_fraction) * 1.01)
+    t = cfg.train
+    n = math.ceil(args.train_rows / (1 - t.valid_fraction - t.calibration_fraction) * 1.01)
     train_t, _ = synth.generate(n, DATE, 1, product_ids, labels=True)
     test_t, truth = synth.generate(args.test_rows, DATE, 2, product_ids, labels=True, id_offset=500_000_000)
 
-    # the rows nightscore trains on: not in its validation split (same hash split as training/data.py)
-    fit_rows = train_t.filter(pa.array(~in_validation(train_t.column(cfg.schema.id), cfg.train.valid_fraction)))
+    # the rows nightscore trains on: neither its validation nor its calibration rows (the same hash
+    # split as training/data.py)
+    role = roles(train_t.column(cfg.schema.id), t.valid_fraction, t.calibration_fraction)
+    fit_rows = train_t.filter(pa.array(role == TRAIN))
     y_fit = fit_rows.column("default_12m")
     labelled = pc.is_valid(y_fit).to_numpy(zero_copy_only=False)
     y_test_col = test_t.column("default_12m")
@@ -87,11 +90,11 @@ def main() -> None:
         train_s = time.time() - t0
         loaded = store.load(f"{tmp}/model")
         mcfg = loaded.config
-        ids = tokenize(serialize(test_t, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
-        preds = Predictor(loaded, precision="fp32", micro_batch=cfg.score.micro_batch).predict(ids)
+        inputs, _ = model_input(test_t, mcfg, str(loaded.root))
+        preds = Predictor(loaded, precision="fp32", micro_batch=cfg.score.micro_batch).predict(inputs)
         order = [loaded.meta["product_ids"].index(p) for p in product_ids]
-        pd_by["nightscore (MiniLM)"] = preds.pd
-        prop_by["nightscore (MiniLM)"] = preds.propensity[:, order]
+        pd_by["nightscore (MiniLM, feature tokens)"] = preds.pd
+        prop_by["nightscore (MiniLM, feature tokens)"] = preds.propensity[:, order]
 
     rows = {}
     for name in pd_by:

@@ -14,12 +14,12 @@ N=(nightly.snapshots=$DEMO/snapshots nightly.output=$DEMO/scores nightly.reports
 step() { printf '\n=== %s\n' "$*"; }
 
 step "1/5 synthetic snapshots: labelled training data, then two nightly snapshots (the second drifted)"
-$PY jobs/make_snapshots.py --out "$DEMO/training" --date $TRAIN_DATE --customers 1200 --labels --seed 1
+$PY jobs/make_snapshots.py --out "$DEMO/training" --date $TRAIN_DATE --customers 3000 --labels --seed 1
 $PY jobs/make_snapshots.py --out "$DEMO/snapshots" --date "$DAY1" --customers 600 --seed 2 --corrupt-fraction 0.01
 $PY jobs/make_snapshots.py --out "$DEMO/snapshots" --date "$DAY2" --customers 600 --seed 3 --corrupt-fraction 0.01 --drift 1.0
 
 step "2/5 fine-tune MiniLM: Ray Train, 2 CPU workers, DeepSpeed ZeRO-2"
-$PY jobs/train.py --train "$DEMO/training" --out "$DEMO/model" --storage "$DEMO/runs" --name demo train.epochs=1 model.max_length=128
+$PY jobs/train.py --train "$DEMO/training" --out "$DEMO/model" --storage "$DEMO/runs" --name demo train.epochs=3
 
 step "3/5 nightly run for $DAY1: score + monitoring report"
 $PY jobs/nightly.py --date "$DAY1" "${N[@]}"

@@ -5,6 +5,8 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,37 +99,80 @@ def scoring_config(tiny_backbone: str, *extra: str):
                                       "score.precision=fp32", *extra])
 
 
+def fitted_encoders(cfg, backbone: str, rows):
+    """Encoders fitted on `rows` exactly as training fits them."""
+    from nightscore import encode
+    from nightscore.model.tokens import tokenizer_for
+    from nightscore.validate import conform, split
+
+    valid = split(conform(rows, cfg.schema, "rows"), cfg.schema, None, None).valid
+    return encode.fit(valid, cfg.schema, cfg.model, tokenizer_for(backbone), backbone)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_backbone, tmp_path_factory) -> str:
     """A model directory written by the real exporter, with random tiny weights (scoring needs no training)."""
+    import datetime as dt
+
     import torch
 
+    from nightscore import synth
     from nightscore.model import store
     from nightscore.model.network import CreditModel
+    from nightscore.monitoring import build_reference
+    from nightscore.scoring.inference import Predictor
+    from nightscore.scoring.prepare import model_input
     from nightscore.suitability import load_catalog
     from nightscore.training.trainer import catalog_yaml
 
-    import datetime as dt
-
-    from nightscore import synth
-    from nightscore.model.tokens import tokenize
-    from nightscore.monitoring import build_reference
-    from nightscore.scoring.inference import Predictor
-    from nightscore.serialize import serialize
-
     cfg = scoring_config(tiny_backbone)
     catalog = load_catalog(cfg.products.catalog)
+    fit_rows, _ = synth.generate(2000, dt.date(2026, 9, 1), 98, catalog.ids)
+    encoders = fitted_encoders(cfg, tiny_backbone, fit_rows)
     torch.manual_seed(1)
-    net = CreditModel.build(tiny_backbone, "mean", len(catalog.ids), True)
+    net = CreditModel.build(tiny_backbone, "mean", len(catalog.ids), True, encoders, cfg.model.wide)
+    with torch.no_grad():  # the wide terms start at zero; give them weight so they shape the scores too
+        for p in net.wide.parameters():
+            p.normal_(std=0.02)
     root = tmp_path_factory.mktemp("model")
     kwargs = dict(state_dict=net.state_dict(), base_backbone=tiny_backbone, tokenizer_dir=tiny_backbone,
-                  pooling="mean", product_ids=catalog.ids, calibration={"method": "platt", "a": 8.0, "b": -2.0},
+                  encoders=encoders, product_ids=catalog.ids, calibration={"method": "platt", "a": 8.0, "b": -2.0},
                   config=cfg, catalog_yaml=catalog_yaml(catalog), metrics={}, training={})
     store.save(str(root / "draft"), **kwargs)
     # the reference population, as training would build it: validation-like rows and their PDs
     loaded = store.load(str(root / "draft"))
     rows, _ = synth.generate(600, dt.date(2026, 10, 1), 99, catalog.ids)
-    pd = Predictor(loaded, precision="fp32").predict(
-        tokenize(serialize(rows, cfg.schema, cfg.serialize), loaded.tokenizer, cfg.model.max_length)).pd
+    pd = Predictor(loaded, precision="fp32").predict(model_input(rows, cfg, str(loaded.root))[0]).pd
     store.save(str(root / "m"), reference=build_reference(rows, cfg.schema, pd), **kwargs)
     return str(root / "m")
+
+
+def wide_table(n: int, seed: int):
+    """A generated 120-column table: numeric, categorical, boolean and list columns and one text column."""
+    rng = np.random.default_rng(seed)
+    cols, feats = {"id": pa.array([f"c{i}" for i in range(n)])}, []
+    for j in range(120):
+        name, kind = f"f{j:03d}", ("numeric", "categorical", "boolean", "list")[j % 4] if j < 119 else "text"
+        if kind == "numeric":
+            cols[name] = pa.array(rng.lognormal(size=n) * (j + 1))
+        elif kind == "categorical":
+            cols[name] = pa.array(rng.choice([f"v{k}" for k in range(3 + j % 5)], n))
+        elif kind == "boolean":
+            cols[name] = pa.array(rng.random(n) < 0.3)
+        elif kind == "list":
+            cols[name] = pa.array([list(rng.choice(["a", "b", "c", "d"], rng.integers(0, 3), replace=False))
+                                   for _ in range(n)], pa.list_(pa.string()))
+        else:
+            cols[name] = pa.array([" ".join(rng.choice(["late", "paid", "called", "moved"], 4)) for _ in range(n)])
+        feats.append({"name": name, "kind": kind, "label": f"Feature {j}"})
+    cols["bad"] = pa.array(rng.random(n) < 0.2)
+    return pa.table(cols), feats
+
+
+def wide_config(tiny_backbone: str, feats: list[dict], *extra: str):
+    from nightscore.config import Config, apply_overrides
+
+    raw = {"schema": {"id": "id", "labels": {"default": "bad"}, "features": feats},
+           "model": {"backbone": tiny_backbone, "max_length": 160},
+           "products": {"suitability": {"columns": {}}}}
+    return Config.model_validate(apply_overrides(raw, list(extra)))

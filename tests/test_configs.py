@@ -27,7 +27,7 @@ def test_prod_describes_the_same_data_as_local():
     """A model trained in local mode must score in production and vice versa."""
     local = load_config(CONFIGS / "local.yaml").to_dict()
     prod = load_config(CONFIGS / "prod.yaml").to_dict()
-    for section in ("schema", "serialize", "products", "monitoring"):
+    for section in ("schema", "products", "monitoring"):
         assert prod[section] == local[section], f"prod.yaml's {section} differs from local.yaml's"
 
 

@@ -7,12 +7,11 @@ import pytest
 import torch
 
 from nightscore import synth
+from nightscore.encode import Encoders, Numeric, Vocab
 from nightscore.model import store
-from nightscore.model.network import pad_batch
-from nightscore.model.tokens import tokenize_with_fields
-from nightscore.schema import model_features
+from nightscore.model.features import to_tensors
 from nightscore.scoring.inference import PackedLinear, Predictor, choose_dtype, cpu_has_bf16, onednn_ready
-from nightscore.serialize import field_spans, serialize
+from nightscore.scoring.prepare import model_input
 
 
 class Untimeable(torch.nn.Module):
@@ -22,29 +21,25 @@ class Untimeable(torch.nn.Module):
 
 def test_explicit_precision_and_cpus_without_bf16_need_no_timing():
     cpu = torch.device("cpu")
-    assert choose_dtype("fp32", cpu, Untimeable(), []) is None
-    assert choose_dtype("bf16", cpu, Untimeable(), []) is torch.bfloat16
+    assert choose_dtype("fp32", cpu, Untimeable(), {}) is None
+    assert choose_dtype("bf16", cpu, Untimeable(), {}) is torch.bfloat16
     if cpu_has_bf16():
         pytest.skip("this CPU has bf16 instructions: 'auto' times both")
-    assert choose_dtype("auto", cpu, Untimeable(), []) is None
+    assert choose_dtype("auto", cpu, Untimeable(), {}) is None
 
 
 def explainable_rows(loaded, rows: int, seed: int):
-    """Token ids and per-token field indices of synthetic rows, as the scoring actors get them."""
-    cfg = loaded.config
+    """Encoded synthetic rows, as the scoring actors get them."""
     table, _ = synth.generate(rows, dt.date(2026, 11, 23), seed, loaded.meta["product_ids"])
-    return tokenize_with_fields(serialize(table, cfg.schema, cfg.serialize),
-                                field_spans(table, cfg.schema, cfg.serialize), loaded.tokenizer,
-                                cfg.model.max_length)
+    return model_input(table, loaded.config, str(loaded.root))[0]
 
 
 def test_attributions_leave_predictions_unchanged(tiny_model_dir):
     loaded = store.load(tiny_model_dir)
-    ids, fields = explainable_rows(loaded, 150, 9)
+    ids = explainable_rows(loaded, 150, 9)
     predictor = Predictor(loaded, precision="fp32", micro_batch=32)
     plain = predictor.predict(ids)
-    explained = predictor.predict(ids, fields, len(model_features(loaded.config.schema)),
-                                  explain=lambda pd: pd > np.median(pd))
+    explained = predictor.predict(ids, explain=lambda pd: pd > np.median(pd))
     assert plain.explained is None and plain.contrib is None
     np.testing.assert_allclose(plain.pd, explained.pd, rtol=1e-5)
     np.testing.assert_allclose(plain.propensity, explained.propensity, rtol=1e-5)
@@ -57,12 +52,12 @@ def test_gradient_pass_runs_eager_attention_on_cpu_with_sdpa_results(tiny_model_
     ~12x its forward): the attributions are the ones SDPA gives, and the model's own
     attention setting is back for the next batch."""
     loaded = store.load(tiny_model_dir)
-    ids, fields = explainable_rows(loaded, 60, 3)
+    ids = explainable_rows(loaded, 60, 3)
     config = loaded.model.backbone.config
     assert config._attn_implementation == "sdpa"
     seen = []
     loaded.model.backbone.register_forward_pre_hook(lambda *_: seen.append(config._attn_implementation))
-    explain = dict(token_field=fields, n_fields=len(model_features(loaded.config.schema)), explain=lambda pd: pd > 0)
+    explain = dict(explain=lambda pd: pd > 0)
     predictor = Predictor(loaded, precision="fp32", micro_batch=16)
     got = predictor.predict(ids, **explain)
     assert set(seen) == {"sdpa", "eager"} and config._attn_implementation == "sdpa"
@@ -75,7 +70,13 @@ def test_gradient_pass_runs_eager_attention_on_cpu_with_sdpa_results(tiny_model_
     np.testing.assert_allclose(got.pd, want.pd, rtol=1e-6)
 
 
-def _model(layers: int, n_products: int = 3):
+TINY_ENCODERS = Encoders(
+    fields=["x", "kind", "note"], labels={"x": [5, 6], "kind": [7], "note": [8]},
+    numeric=[Numeric("x", 0.0, 1.0, -3.0, 3.0, [-3.0, -1.0, 0.0, 1.0, 3.0])], categorical=[Vocab("kind", ["a", "b"])],
+    lists=[], text=[], start_ids=[1], sep_ids=[2], pad_id=0)
+
+
+def _model(layers: int, n_products: int = 3, wide: bool = True):
     from transformers import BertConfig, BertModel
 
     from nightscore.model.network import CreditModel
@@ -83,7 +84,20 @@ def _model(layers: int, n_products: int = 3):
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=64)
-    return CreditModel(BertModel(cfg), "mean", n_products, default_head=True).eval()
+    model = CreditModel(BertModel(cfg), "mean", n_products, True, TINY_ENCODERS, wide).eval()
+    if wide:
+        with torch.no_grad():
+            for p in model.wide.parameters():
+                p.normal_(std=0.5)
+    return model
+
+
+def _rows(n: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 1, generator=g)
+    x[0, 0] = float("nan")
+    return {"numeric": x, "categorical": torch.randint(0, 4, (n, 1), generator=g),
+            "text_ids": torch.randint(3, 100, (n, 9), generator=g), "text_mask": torch.ones(n, 9, dtype=torch.long)}
 
 
 @pytest.mark.parametrize("layers,devices,want", [(4, 2, [0, 0, 1, 1]), (6, 4, [0, 0, 1, 2, 2, 3]),
@@ -106,12 +120,11 @@ def test_spread_model_predicts_the_same():
     from nightscore.scoring.inference import spread
 
     model = _model(4)
-    ids = torch.randint(1, 100, (5, 12))
-    mask = torch.ones_like(ids)
+    x = _rows(5)
     with torch.no_grad():
-        want = model(ids, mask)["default_logit"]
+        want = model(x)["default_logit"]
         spread_model = spread(model, [torch.device("cpu"), torch.device("cpu")])
-        got = spread_model(ids, mask)["default_logit"]
+        got = spread_model(x)["default_logit"]
     torch.testing.assert_close(got, want)
     assert hasattr(spread_model, "hf_device_map")  # what keeps a spread model out of torch.compile
 
@@ -137,12 +150,8 @@ def test_packed_linear_matches_linear_forward_and_input_gradient():
 def test_prepacked_predictor_gives_the_same_scores_and_reasons(tiny_model_dir):
     """The packed layers replace every nn.Linear on the first fp32 CPU call; PDs, propensities
     and attributions stay those of the plain model."""
-    cfg = store.load(tiny_model_dir).config
-    table, _ = synth.generate(90, dt.date(2026, 11, 23), 4, store.load(tiny_model_dir).meta["product_ids"])
-    ids, fields = tokenize_with_fields(serialize(table, cfg.schema, cfg.serialize),
-                                       field_spans(table, cfg.schema, cfg.serialize),
-                                       store.load(tiny_model_dir).tokenizer, cfg.model.max_length)
-    explain = dict(token_field=fields, n_fields=len(model_features(cfg.schema)), explain=lambda pd: pd > np.median(pd))
+    ids = explainable_rows(store.load(tiny_model_dir), 90, 4)
+    explain = dict(explain=lambda pd: pd > np.median(pd))
     results = {}
     for onednn in (False, True):
         predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, onednn=onednn)
@@ -160,12 +169,11 @@ def test_heads_stay_fp32_under_bf16_autocast():
     """bf16 autocast speeds the backbone, but a bf16 head would round each logit to 1/64 near
     -2.5, clumping calibrated PDs (an unchanged population then reads as drifted)."""
     model = _model(2)
-    ids = torch.randint(1, 100, (64, 12))
-    mask = torch.ones_like(ids)
+    x = _rows(64)
     with torch.no_grad():
-        fp32 = model(ids, mask)
+        fp32 = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = model(ids, mask)
+            bf16 = model(x)
     assert bf16["default_logit"].dtype == bf16["product_logits"].dtype == torch.float32
     # every row keeps a distinct logit, close to fp32 (bf16 rounding alone would merge many)
     assert len(torch.unique(bf16["default_logit"])) == len(torch.unique(fp32["default_logit"]))
@@ -181,20 +189,19 @@ def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir, tm
     from nightscore.scoring import aot
 
     loaded = store.load(tiny_model_dir)
-    ids, fields = explainable_rows(loaded, 70, 5)
-    explain = dict(token_field=fields, n_fields=len(model_features(loaded.config.schema)),
-                   explain=lambda pd: pd > np.median(pd))
+    ids = explainable_rows(loaded, 70, 5)
+    explain = dict(explain=lambda pd: pd > np.median(pd))
     eager = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids, **explain)
     cache = str(tmp_path / "compiled")
     small = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile="cached",
                       compiled_cache=cache)
     np.testing.assert_allclose(small.predict(ids).pd, eager.pd, rtol=1e-6)
-    assert small.forward is small.model and not Path(cache).exists()  # eager, nothing built
+    assert small.encode == small.model.encode and not Path(cache).exists()  # eager, nothing built
     for run, compile in (("built", True), ("loaded", True), ("loaded when cached", "cached")):
         predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile=compile,
                               compiled_cache=cache)
         got = predictor.predict(ids, **explain)
-        assert hasattr(predictor.forward, "constants"), run  # the package ran, not the module
+        assert hasattr(predictor.encode, "constants"), run  # the package ran, not the module
         np.testing.assert_allclose(got.pd, eager.pd, rtol=1e-4)
         np.testing.assert_allclose(got.propensity, eager.propensity, rtol=1e-4, atol=1e-6)
         np.testing.assert_array_equal(got.explained, eager.explained)
@@ -202,7 +209,7 @@ def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir, tm
     assert len(list(Path(cache).iterdir())) == 1  # built once, then loaded
     # the runtime's own copy of the weights is 16-byte aligned; the one it runs on is 64
     assert all((torch.ops.mkldnn.data_ptr(t) if t.is_mkldnn else t.data_ptr()) % 64 == 0
-               for t in predictor.forward.constants.values())
+               for t in predictor.encode.constants.values())
     assert aot.package_dir(loaded, None, cache).exists()
 
 
@@ -213,12 +220,12 @@ def test_compiled_package_bf16_matches_autocast_and_a_damaged_one_is_rebuilt(tin
     from nightscore.scoring import aot
 
     loaded = store.load(tiny_model_dir)
-    ids, _ = explainable_rows(loaded, 40, 6)
-    x, mask = pad_batch(list(ids.to_numpy(zero_copy_only=False)), 0)
+    with torch.no_grad():
+        x, mask = loaded.model.eval().embed(to_tensors(explainable_rows(loaded, 40, 6)))
     forward, built = aot.compiled_forward(loaded, torch.bfloat16, 16, loaded.config.model.max_length, str(tmp_path))
     assert built
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        want = loaded.model.eval()(x, mask)
+        want = loaded.model.encode(x, mask)
     got = forward(x, mask)
     for head in got:
         torch.testing.assert_close(got[head].float(), want[head].float(), rtol=0.02, atol=0.02)
@@ -268,14 +275,13 @@ def test_unusable_compiled_cache_falls_back_to_jit_compilation(tiny_model_dir, t
     blocker.write_text("")
     predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile=True,
                           compiled_cache=str(blocker))
-    ids, fields = explainable_rows(predictor.loaded, 40, 7)
-    explain = dict(token_field=fields, n_fields=len(model_features(predictor.loaded.config.schema)),
-                   explain=lambda pd: pd > np.median(pd))
+    ids = explainable_rows(predictor.loaded, 40, 7)
+    explain = dict(explain=lambda pd: pd > np.median(pd))
     eager = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids, **explain)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     got = predictor.predict(ids, **explain)
     assert "JIT-compiling instead" in capsys.readouterr().out
-    assert predictor.forward is not predictor.model and not hasattr(predictor.forward, "constants")  # JIT ran
+    assert predictor.encode != predictor.model.encode and not hasattr(predictor.encode, "constants")  # JIT ran
     # one graph for every batch: the gradient pass switches attention and back between them
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
     np.testing.assert_allclose(got.pd, eager.pd, rtol=1e-4)

@@ -5,6 +5,7 @@ import torch
 
 from conftest import LOCAL_CONFIG
 from nightscore.config import load_config
+from nightscore.encode import Encoders, Numeric
 from nightscore.model.network import CreditModel
 from nightscore.training.loop import _loss
 from nightscore.training.trainer import check_labels, label_priors, label_sums
@@ -35,7 +36,9 @@ def test_held_products_do_not_train_the_product_head():
 
 
 def test_heads_start_at_base_rates(tiny_backbone):
-    model = CreditModel.build(tiny_backbone, "mean", 3, True, pretrained=False)
+    enc = Encoders(fields=["x"], labels={"x": [2000]}, numeric=[Numeric("x", 0, 1, -2, 2, [-2.0, 0.0, 2.0])],
+                   categorical=[], lists=[], text=[], start_ids=[101], sep_ids=[102], pad_id=0)
+    model = CreditModel.build(tiny_backbone, "mean", 3, True, enc, wide=True, pretrained=False)
     model.init_priors(0.04, [0.01, 0.2, 0.0])
     assert torch.sigmoid(model.default_head.bias).item() == pytest.approx(0.04, rel=1e-5)
     assert torch.sigmoid(model.product_head.bias).tolist() == pytest.approx([0.01, 0.2, 1e-4], rel=1e-4)
@@ -66,3 +69,20 @@ def test_a_split_needs_both_default_outcomes(bad, labelled, fails):
         check_labels(sums, CFG, "validation")
     # a products-only model has no default head to starve
     check_labels(sums, load_config(LOCAL_CONFIG, ["schema.labels.default=null"]), "validation")
+
+
+def test_feature_embeddings_and_heads_get_their_own_learning_rates(tiny_backbone):
+    """The pretrained backbone moves slowly; the new feature embeddings and wide terms, and the
+    heads, at their own rates; every trainable parameter is in exactly one group."""
+    from nightscore.training.loop import param_groups
+
+    cfg = load_config(LOCAL_CONFIG, ["train.lr=1e-5", "train.feature_lr=1e-3", "train.head_lr=1e-2"])
+    enc = Encoders(fields=["x"], labels={"x": [2000]}, numeric=[Numeric("x", 0, 1, -2, 2, [-2.0, 0.0, 2.0])],
+                   categorical=[], lists=[], text=[], start_ids=[101], sep_ids=[102], pad_id=0)
+    model = CreditModel.build(tiny_backbone, "mean", 3, True, enc, wide=True, pretrained=False)
+    groups = param_groups(model, cfg)
+    assert [g["lr"] for g in groups] == [1e-5, 1e-3, 1e-2]
+    ids = [{id(p) for p in g["params"]} for g in groups]
+    assert {id(p) for p in model.features.parameters()} | {id(p) for p in model.wide.parameters()} == ids[1]
+    assert {id(p) for p in model.default_head.parameters()} | {id(p) for p in model.product_head.parameters()} == ids[2]
+    assert sum(len(i) for i in ids) == len(list(model.parameters()))

@@ -21,3 +21,20 @@ def test_held_products_are_ranked_last():
     held = np.array([[1, 0, 0]])
     assert product_metrics(rel, score, k=1)["ndcg@1"] == 0.0
     assert product_metrics(rel, score, k=1, held=held)["ndcg@1"] == 1.0
+
+
+def test_product_auc_per_product_matches_sklearn_over_customers_not_holding_it():
+    from sklearn.metrics import roc_auc_score
+
+    from nightscore.metrics import product_aucs
+
+    rng = np.random.default_rng(0)
+    rel = (rng.random((400, 3)) < [0.1, 0.3, 0.0]).astype(float)  # product 2: nobody took it up
+    score = rel * 0.3 + rng.random((400, 3))
+    held = (rng.random((400, 3)) < 0.2).astype(float)
+    got = product_aucs(rel, score, held)
+    for j in range(2):
+        keep = held[:, j] == 0
+        assert got[j] == pytest.approx(roc_auc_score(rel[keep, j], score[keep, j]))
+    assert np.isnan(got[2])
+    assert product_metrics(rel, score, k=2, held=held)["product_auc"] == pytest.approx(np.mean(got[:2]))

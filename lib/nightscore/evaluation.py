@@ -21,10 +21,9 @@ from . import metrics as M
 from . import storage
 from .config import Config
 from .model import store
-from .model.tokens import tokenize
 from .schema import default_label
 from .scorecard import pd_to_score
-from .serialize import serialize
+from .scoring.prepare import model_input
 from .training.data import held_column, multi_hot, product_lists
 from .validate import conform, preflight, split
 
@@ -49,12 +48,13 @@ def evaluate(cfg: Config, model_uri: str, data_uri: str) -> tuple[dict[str, Any]
     loaded = store.load(model_uri, cfg.storage.s3)
     mcfg = loaded.config
     rows, input_rows = load_labelled(data_uri, cfg, mcfg)
-    ids = tokenize(serialize(rows, mcfg.schema, mcfg.serialize), loaded.tokenizer, mcfg.model.max_length)
+    inputs, counts = model_input(rows, mcfg, str(loaded.root))
     preds = Predictor(loaded, precision=cfg.score.precision, micro_batch=cfg.score.micro_batch,
                       threads=cfg.score.torch_threads, onednn=cfg.score.onednn,
-                      compile=cfg.score.compiles(rows.num_rows), compiled_cache=cfg.score.compiled_cache).predict(ids)
+                      compile=cfg.score.compiles(rows.num_rows), compiled_cache=cfg.score.compiled_cache).predict(inputs)
     result: dict[str, Any] = {"model_version": loaded.version, "data_uri": data_uri, "input_rows": input_rows,
-                              "evaluated_rows": rows.num_rows, "quarantined_rows": input_rows - rows.num_rows}
+                              "evaluated_rows": rows.num_rows, "quarantined_rows": input_rows - rows.num_rows,
+                              "input_counts": counts.as_dict()}
     arrays: dict[str, np.ndarray] = {}
     labels = mcfg.schema.labels
     if labels.default and preds.pd is not None:
@@ -70,8 +70,9 @@ def evaluate(cfg: Config, model_uri: str, data_uri: str) -> tuple[dict[str, Any]
         ids = loaded.meta["product_ids"]
         held_col = held_column(mcfg)
         held = multi_hot(product_lists(rows, held_col), ids) if held_col else None
-        result.update(M.product_metrics(multi_hot(product_lists(rows, labels.products), ids), preds.propensity,
-                                        cfg.products.top_k, held))
+        relevant = multi_hot(product_lists(rows, labels.products), ids)
+        result.update(M.product_metrics(relevant, preds.propensity, cfg.products.top_k, held))
+        result["product_auc_by_product"] = dict(zip(ids, M.product_aucs(relevant, preds.propensity, held)))
     return result, arrays
 
 
@@ -136,7 +137,7 @@ def plots(result: dict[str, Any], a: dict[str, np.ndarray]) -> dict[str, bytes]:
 def render_html(result: dict[str, Any], images: dict[str, bytes]) -> str:
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" if isinstance(v, float)
                    else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in result.items() if k != "calibration")
+                   for k, v in result.items() if k not in ("calibration", "product_auc_by_product", "input_counts"))
     imgs = "".join(f'<img alt="{html.escape(n)}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
                    for n, b in images.items())
     return ("<!doctype html><html><head><meta charset='utf-8'><title>nightscore evaluation</title>"

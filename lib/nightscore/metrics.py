@@ -87,19 +87,30 @@ def default_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
+def product_aucs(relevant: np.ndarray, score: np.ndarray, held: np.ndarray | None = None) -> list[float]:
+    """Each product's take-up AUC over the customers who do not already hold it (NaN where its
+    take-up is all one outcome): a propensity model judged like a default model."""
+    relevant = np.asarray(relevant) > 0.5
+    eligible = ~(np.asarray(held) > 0.5) if held is not None else np.ones_like(relevant)
+    return [auc(relevant[eligible[:, j], j], np.asarray(score)[eligible[:, j], j]) for j in range(relevant.shape[1])]
+
+
 def product_metrics(relevant: np.ndarray, score: np.ndarray, k: int,
                     held: np.ndarray | None = None) -> dict[str, float]:
-    """recall@k, NDCG@k and MAP@k over customers with at least one relevant product.
+    """product_auc (the mean of product_aucs), then recall@k, NDCG@k and MAP@k over customers
+    with at least one relevant product.
 
     relevant: (n, P) 0/1 matrix of products taken up; score: (n, P) predicted propensities;
     held: (n, P) 0/1 matrix of products already held, ranked last (they are never recommended).
     """
+    aucs = [a for a in product_aucs(relevant, score, held) if not np.isnan(a)]
+    mean_auc = {"product_auc": float(np.mean(aucs)) if aucs else float("nan")}
     relevant = np.asarray(relevant) > 0.5
     if held is not None:
         score = np.where(np.asarray(held) > 0.5, -np.inf, np.asarray(score, dtype=np.float64))
     keep = relevant.any(axis=1)
     if not keep.any():
-        return {f"recall@{k}": float("nan"), f"ndcg@{k}": float("nan"), f"map@{k}": float("nan")}
+        return {**mean_auc, f"recall@{k}": float("nan"), f"ndcg@{k}": float("nan"), f"map@{k}": float("nan")}
     rel, sc = relevant[keep], np.asarray(score)[keep]
     k = min(k, rel.shape[1])
     top = np.argsort(-sc, axis=1, kind="stable")[:, :k]
@@ -111,5 +122,5 @@ def product_metrics(relevant: np.ndarray, score: np.ndarray, k: int,
     ideal = np.array([discounts[: min(int(r), k)].sum() for r in n_rel])
     precision_at = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
     ap = (precision_at * hits).sum(axis=1) / np.minimum(n_rel, k)
-    return {f"recall@{k}": float(recall.mean()), f"ndcg@{k}": float((dcg / ideal).mean()),
+    return {**mean_auc, f"recall@{k}": float(recall.mean()), f"ndcg@{k}": float((dcg / ideal).mean()),
             f"map@{k}": float(ap.mean())}

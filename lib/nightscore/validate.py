@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from .config import SchemaSpec
 from .schema import required_columns
-from .serialize import scrub
+from .encode import scrub
 
 REASON = "reason"
 PATH_COLUMN = "path"  # added by ray.data.read_parquet(include_paths=True)

@@ -1,36 +1,46 @@
-"""Backbone + two heads: a default-probability logit and product-propensity logits.
+"""Feature tokens + backbone + two heads: a default-probability logit and product-propensity logits.
 
 Either head may be absent when the data set has only that one label. Encoders are
-mean- or CLS-pooled; decoder backbones are pooled on the last real token.
+mean- or CLS-pooled; decoder backbones are pooled on the last real token. The wide path
+(model.wide) adds its per-feature terms to the heads' logits.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
+import contextlib
+
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
+from ..encode import Encoders
+from .features import FeatureEmbedder, WideHead
+
 
 class CreditModel(nn.Module):
-    def __init__(self, backbone: PreTrainedModel, pooling: str, n_products: int, default_head: bool):
+    def __init__(self, backbone: PreTrainedModel, pooling: str, n_products: int, default_head: bool,
+                 encoders: Encoders, wide: bool):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         hidden = backbone.config.hidden_size
+        words = backbone.get_input_embeddings()
+        with _gathered(words.weight):  # under ZeRO-3 the backbone's weights are partitioned as they load
+            self.features = FeatureEmbedder(encoders, words)
         self.default_head = nn.Linear(hidden, 1) if default_head else None
         self.product_head = nn.Linear(hidden, n_products) if n_products else None
+        self.wide = WideHead(encoders, int(default_head) + n_products) if wide else None
 
     @classmethod
-    def build(cls, backbone_dir: str, pooling: str, n_products: int, default_head: bool,
-              pretrained: bool = True) -> "CreditModel":
+    def build(cls, backbone_dir: str, pooling: str, n_products: int, default_head: bool, encoders: Encoders,
+              wide: bool, pretrained: bool = True) -> "CreditModel":
         """From a local HF directory (safetensors only, never remote code)."""
         if pretrained:
             backbone = AutoModel.from_pretrained(backbone_dir, trust_remote_code=False, use_safetensors=True)
         else:
             backbone = AutoModel.from_config(AutoConfig.from_pretrained(backbone_dir, trust_remote_code=False))
-        return cls(backbone, pooling, n_products, default_head)
+        return cls(backbone, pooling, n_products, default_head, encoders, wide)
 
     def init_priors(self, default_rate: float | None, product_rates: list[float] | None) -> None:
         """Start each head's bias at the log-odds of its label's base rate.
@@ -68,6 +78,9 @@ class CreditModel(nn.Module):
         for head in ("default_head", "product_head"):
             if getattr(self, head) is not None:
                 placed[head] = n_devices - 1
+        placed["features"] = 0  # feature embeddings feed the first block; the wide terms join the heads there
+        if self.wide is not None:
+            placed["wide"] = 0
         return placed
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -80,13 +93,33 @@ class CreditModel(nn.Module):
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                inputs_embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        if inputs_embeds is not None:
-            out = self.backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
-        else:
-            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+    def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Encoded rows (features.to_tensors) -> head logits."""
+        return self.add_wide(self.encode(*self.embed(x)), x)
+
+    def embed(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input embeddings, attention mask): feature tokens, then text tokens."""
+        return self.features(x, self.backbone.get_input_embeddings())
+
+    def encode(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Backbone and heads on input embeddings: the part scoring compiles."""
+        out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask)
         return self.heads(out.last_hidden_state, attention_mask)
+
+    def add_wide(self, out: dict[str, torch.Tensor], x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The heads' logits plus the wide path's per-feature terms (column 0 default, then products)."""
+        if self.wide is None:
+            return out
+        with torch.autocast(next(iter(out.values())).device.type, enabled=False):
+            terms = self.wide(x)
+        out = dict(out)
+        first = 0
+        if "default_logit" in out:
+            out["default_logit"] = out["default_logit"] + terms[:, 0].to(out["default_logit"])
+            first = 1
+        if "product_logits" in out:
+            out["product_logits"] = out["product_logits"] + terms[:, first:].to(out["product_logits"])
+        return out
 
     def heads(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pooling in fp32 and the heads in their weights' precision, outside any autocast.
@@ -114,11 +147,10 @@ def block_list(backbone: nn.Module) -> tuple[list[str], nn.ModuleList]:
     return name.split("."), blocks
 
 
-def pad_batch(ids: list[np.ndarray] | np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic padding: pad a batch of token-id arrays to its own longest row (right padding)."""
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    width = int(lengths.max()) if len(lengths) else 1
-    out = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.arange(width)[None, :] < lengths[:, None]
-    out[mask] = np.concatenate(list(ids)) if len(ids) else []
-    return torch.from_numpy(out), torch.from_numpy(mask.astype(np.int64))
+def _gathered(weight: torch.Tensor):
+    """The whole weight while inside, where ZeRO-3 holds only this rank's partition of it."""
+    if not hasattr(weight, "ds_id"):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([weight], modifier_rank=None)

@@ -23,6 +23,7 @@ import yaml
 
 from .. import storage
 from ..config import Config, S3Spec
+from ..encode import ENCODERS_FILE, FORMAT, Encoders
 
 if TYPE_CHECKING:  # torch loads in save/load only: the scoring driver verifies models without it (~3 s less start-up)
     import torch
@@ -126,7 +127,7 @@ def verify(root: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- save / load
 def save(out_uri: str, *, state_dict: dict[str, torch.Tensor], base_backbone: str, tokenizer_dir: str,
-         pooling: str, product_ids: list[str], calibration: dict[str, Any] | None, config: Config,
+         encoders: Encoders, product_ids: list[str], calibration: dict[str, Any] | None, config: Config,
          catalog_yaml: str, metrics: dict[str, Any], training: dict[str, Any],
          reference: pa.Table | None = None, s3: S3Spec | None = None) -> dict[str, Any]:
     """Write a complete model directory to `out_uri` (local or s3://); manifest last."""
@@ -149,9 +150,12 @@ def save(out_uri: str, *, state_dict: dict[str, torch.Tensor], base_backbone: st
         ).hexdigest()
         now = dt.datetime.now(dt.timezone.utc)
         version = f"{now:%Y%m%dT%H%M%SZ}-{weights_sha[:8]}"
+        (root / ENCODERS_FILE).write_text(encoders.to_json())
         meta = {
             "version": version,
-            "pooling": pooling,
+            "input_format": FORMAT,
+            "pooling": config.model.pooling,
+            "wide": config.model.wide,
             "product_ids": product_ids,
             "default_head": calibration is not None,
             "calibration": calibration,
@@ -186,6 +190,7 @@ def upload_dir(root: Path, out_uri: str, s3: S3Spec | None = None) -> None:
 class LoadedModel:
     model: CreditModel
     tokenizer: Any
+    encoders: Encoders
     meta: dict[str, Any]
     config: Config
     root: Path
@@ -214,11 +219,21 @@ def fetch(uri: str, s3: S3Spec | None = None) -> Path:
 
 
 def load_meta(root: Path) -> dict[str, Any]:
-    return json.loads((root / META_FILE).read_text())
+    """model.json, after checking the model was written for this code's model-input format."""
+    meta = json.loads((root / META_FILE).read_text())
+    found = meta.get("input_format", 1)
+    if found != FORMAT:
+        raise ModelError(f"{root}: model format {found}; this nightscore reads format {FORMAT} (features as "
+                         "tokens): retrain the model with jobs/train.py")
+    return meta
+
+
+def load_encoders(root: Path) -> Encoders:
+    return Encoders.from_json((root / ENCODERS_FILE).read_text())
 
 
 def load_config(root: Path) -> Config:
-    """The config the model was trained with: its schema and serialisation define its text."""
+    """The config the model was trained with: its schema defines what the model reads."""
     return Config.model_validate(yaml.safe_load((root / "config.yaml").read_text()))
 
 
@@ -233,11 +248,13 @@ def load(uri: str, s3: S3Spec | None = None) -> LoadedModel:
     meta = load_meta(root)
     config = load_config(root)
     backbone = AutoModel.from_pretrained(root / BACKBONE_DIR, trust_remote_code=False, use_safetensors=True)
-    model = CreditModel(backbone, meta["pooling"], len(meta["product_ids"]), meta["default_head"])
+    model = CreditModel(backbone, meta["pooling"], len(meta["product_ids"]), meta["default_head"],
+                        load_encoders(root), meta["wide"])
     heads = load_file(str(root / HEADS_FILE))
     missing, unexpected = model.load_state_dict(heads, strict=False)
     if unexpected or any(not k.startswith("backbone.") for k in missing):
         raise ModelError(f"{uri}: head weights do not match: missing={missing} unexpected={unexpected}")
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(root / BACKBONE_DIR, trust_remote_code=False)
-    return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, config=config, root=root)
+    return LoadedModel(model=model, tokenizer=tokenizer, encoders=model.features.enc, meta=meta, config=config,
+                       root=root)

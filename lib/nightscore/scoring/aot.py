@@ -30,7 +30,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from ..model.store import LoadedModel, sha256_file
 from .inference import swap_linears
 
-FORMAT = 2  # bump when what a package holds changes
+FORMAT = 3  # bump when what a package holds changes
 HEADS = ("default_logit", "product_logits")
 UNUSED_DAYS = 14  # a package no run has loaded for this long is removed when another is built
 
@@ -90,14 +90,15 @@ AttentionMaskInterface.register(ATTENTION, eager_mask)  # the additive float mas
 
 
 class _Heads(nn.Module):
-    """The model with its output dict as a tuple, in HEADS order (an exported graph's outputs)."""
+    """Backbone and heads on input embeddings (CreditModel.encode), the output dict as a tuple in
+    HEADS order (an exported graph's outputs). Feature tokens and wide terms stay eager."""
 
     def __init__(self, model: nn.Module, heads: list[str]):
         super().__init__()
         self.model, self.heads = model, heads
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(input_ids, attention_mask)
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model.encode(inputs_embeds, attention_mask)
         return tuple(out[h] for h in self.heads)
 
 
@@ -127,7 +128,8 @@ def build(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, length: int
     """Export the model in its package form with dynamic rows and length, compile it with frozen
     weights, and publish it at `target` atomically."""
     model = package_form(loaded.model, dtype)
-    example = (torch.ones(rows, length, dtype=torch.long), torch.ones(rows, length, dtype=torch.long))
+    hidden = model.backbone.config.hidden_size
+    example = (torch.ones(rows, length, hidden), torch.ones(rows, length, dtype=torch.long))
     dims = {0: torch.export.Dim("rows", min=1, max=1 << 16), 1: torch.export.Dim("length", min=2, max=length)}
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
@@ -170,8 +172,8 @@ def load(target: Path, heads: list[str]) -> Callable[[torch.Tensor, torch.Tensor
     runner.swap_constant_buffer()
     runner.free_inactive_constant_buffer()
 
-    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(heads, runner.run([input_ids.contiguous(), attention_mask.contiguous()])))
+    def forward(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(heads, runner.run([inputs_embeds.contiguous(), attention_mask.contiguous()])))
 
     forward.constants = aligned  # the runtime uses this memory: keep it alive with the runner
     return forward

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..model import calibration
-from ..model.network import CreditModel, pad_batch
+from ..model.features import null_inputs, text_lengths, to_tensors
+from ..model.network import CreditModel
 from ..model.store import LoadedModel
 
 
@@ -30,10 +31,8 @@ class Predictions:
     contrib: np.ndarray | None = None  # (rows, fields): how much each field raised the default logit
 
 
-PROBE_ROWS = 8  # enough to tell a ~6x speed difference; a full micro-batch in slow bf16 cost ~20 s per actor
-
-
-def choose_dtype(precision: str, device: torch.device, model: torch.nn.Module, sample: list[np.ndarray]) -> torch.dtype | None:
+def choose_dtype(precision: str, device: torch.device, model: torch.nn.Module,
+                 sample: dict[str, torch.Tensor]) -> torch.dtype | None:
     """bf16 where asked, fp32 where asked; 'auto' takes bf16 on GPUs that have it, fp32 on CPUs
     without bf16 instructions, and otherwise measures both on this hardware and keeps the faster.
 
@@ -48,13 +47,12 @@ def choose_dtype(precision: str, device: torch.device, model: torch.nn.Module, s
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     if not cpu_has_bf16():
         return None  # emulated bf16 runs ~100x slower; timing it would cost seconds per actor
-    ids, mask = pad_batch(sample, 0)
     timings = {}
     for dtype in (None, torch.bfloat16):
         with torch.no_grad(), _autocast(device, dtype):
-            model(ids, mask)  # warm-up
+            model(sample)  # warm-up
             t0 = time.perf_counter()
-            model(ids, mask)
+            model(sample)
             timings[dtype] = time.perf_counter() - t0
     return min(timings, key=timings.get)
 
@@ -176,33 +174,38 @@ class Predictor:
         else:
             self.model = loaded.model.to(self.device).eval()
         self.model.requires_grad_(False)  # inference: attributions differentiate the inputs only
-        self.pad_id = loaded.tokenizer.pad_token_id or 0
         self.micro_batch = micro_batch
         self.precision = precision
         self.onednn = onednn
         self.compile = compile
         self.compiled_cache = compiled_cache
         self.dtype: torch.dtype | None = None
-        self.forward: Callable[..., dict[str, torch.Tensor]] = self.model
+        self.encode: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] = self.model.encode
         # the reason-code pass on a CPU runs plain attention: PyTorch's CPU flash-attention
         # backward took ~12x its forward (bench/RESULTS.md, reason codes)
         self.grad_attention: str | None = "eager" if self.device.type == "cpu" else None
         self._ready = False
 
-    def _prepare(self, sample: list[np.ndarray]) -> None:
-        """On the first call: the precision (it may time both), then the kernels: the model
-        compiled (on a CPU, the cached package; with compile="cached" only one already built),
-        or else, for fp32 on a CPU, the oneDNN-prepacked linear layers."""
+    def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Feature tokens (eager: a few embedding lookups), then backbone and heads through
+        `self.encode` (compiled where chosen), then the wide terms."""
+        embeds, mask = self.model.embed(x)
+        return self.model.add_wide(self.encode(embeds.float(), mask), x)
+
+    def _prepare(self, sample: dict[str, torch.Tensor]) -> None:
+        """On the first call: the precision (it may time both), then the kernels: backbone and heads
+        compiled (on a CPU, the cached package; with compile="cached" only one already built), or
+        else, for fp32 on a CPU, the oneDNN-prepacked linear layers."""
         if self._ready:
             return
-        self.dtype = choose_dtype(self.precision, self.device, self.model, sample[:PROBE_ROWS])
+        self.dtype = choose_dtype(self.precision, self.device, self.model, sample)
         self._ready = True
         cpu = self.device.type == "cpu"
         packaged = self._packaged(build=self.compile is True) if self.compile and cpu else None
         if packaged is not None:
-            self.forward = packaged
+            self.encode = packaged
         elif self.compile is True and not cpu and not hasattr(self.model, "hf_device_map"):
-            self.forward = compiled(self.model)  # a model spread over GPUs stays eager
+            self.encode = compiled(self.model.encode)  # a model spread over GPUs stays eager
         elif self.onednn and cpu and self.dtype is None and onednn_ready():
             prepack(self.model, self.micro_batch * 128)
 
@@ -219,7 +222,7 @@ class Predictor:
         except Exception as err:  # export covers most, not all, Hugging Face backbones
             print(f"[score] no compiled package ({type(err).__name__}: {str(err)[:200]}); "
                   f"{'JIT-compiling' if build else 'eager'} instead", flush=True)
-            return compiled(self.model) if build else None
+            return compiled(self.model.encode) if build else None
         if forward is None:
             print("[score] no compiled package for this model on this node: eager (a larger run, or "
                   "score.compile=true, builds one)", flush=True)
@@ -228,33 +231,34 @@ class Predictor:
               flush=True)
         return forward
 
-    def _batches(self, ids: list[np.ndarray]):
-        """Row indices in micro-batches of similar length (less padding, same results)."""
-        order = np.argsort(np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids)), kind="stable")
-        for start in range(0, len(ids), self.micro_batch):
+    def _batches(self, lengths: np.ndarray):
+        """Row indices in micro-batches of similar text length (less padding, same results)."""
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(lengths), self.micro_batch):
             yield order[start:start + self.micro_batch]
 
-    def predict(self, input_ids: pa.ListArray | list[np.ndarray], token_field: pa.ListArray | None = None,
-                n_fields: int = 0, explain: Callable[[np.ndarray], np.ndarray] | None = None) -> Predictions:
-        """Calibrated PD and product propensities for every row.
+    def _tensors(self, inputs: pa.Table, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in to_tensors(inputs, rows).items()}
 
-        With `explain` (calibrated PDs -> rows to explain) and `token_field`, the rows it picks
-        also get per-field gradient x input attributions of the default logit: a second,
-        eager forward and one backward pass over those rows alone.
+    def predict(self, inputs: pa.Table, explain: Callable[[np.ndarray], np.ndarray] | None = None) -> Predictions:
+        """Calibrated PD and product propensities for every encoded row (`encode.encode`).
+
+        With `explain` (calibrated PDs -> rows to explain), the rows it picks also get per-feature
+        attributions of the default logit (see _attributions): a second, eager forward and one
+        backward pass over those rows alone.
         """
-        ids = _as_arrays(input_ids)
-        fields = _as_arrays(token_field) if explain is not None else None
-        n = len(ids)
-        self._prepare(ids)
+        n = inputs.num_rows
         meta = self.loaded.meta
+        n_fields = len(self.loaded.encoders.fields)
         logits = np.zeros(n, dtype=np.float64) if meta["default_head"] else None
         props = np.zeros((n, len(meta["product_ids"])), dtype=np.float32) if meta["product_ids"] else None
-        explained = np.zeros(n, dtype=bool) if fields is not None and logits is not None else None
+        explained = np.zeros(n, dtype=bool) if explain is not None and logits is not None else None
         contrib = np.zeros((n, n_fields), dtype=np.float32) if explained is not None else None
-        for rows in self._batches(ids):
-            x, mask = pad_batch([ids[i] for i in rows], self.pad_id)
+        for rows in self._batches(text_lengths(inputs)):
+            x = self._tensors(inputs, rows)
+            self._prepare(x)
             with torch.no_grad(), _autocast(self.device, self.dtype):
-                out = self.forward(x.to(self.device), mask.to(self.device))
+                out = self.forward(x)
             if props is not None:
                 props[rows] = torch.sigmoid(out["product_logits"].float()).cpu().numpy()
             if logits is None:
@@ -265,24 +269,38 @@ class Predictor:
             flag = np.asarray(explain(calibration.apply(meta["calibration"], logits[rows])), dtype=bool)
             if flag.any():
                 picked = rows[flag]
-                contrib[picked] = self._attributions([ids[i] for i in picked], [fields[i] for i in picked], n_fields)
+                contrib[picked] = self._attributions(self._tensors(inputs, picked), n_fields)
                 explained[picked] = True
         pd = calibration.apply(meta["calibration"], logits) if logits is not None else None
         return Predictions(pd=pd, propensity=props, explained=explained, contrib=contrib)
 
-    def _attributions(self, ids: list[np.ndarray], fields: list[np.ndarray], n_fields: int) -> np.ndarray:
-        """(rows, fields): gradient x input of each row's default logit, summed per field."""
-        x, mask = pad_batch(ids, self.pad_id)
-        x, mask = x.to(self.device), mask.to(self.device)
-        switch = attention(self.model.backbone.config, self.grad_attention) if self.grad_attention else nullcontext()
+    def _attributions(self, x: dict[str, torch.Tensor], n_fields: int) -> np.ndarray:
+        """(rows, features): how much each feature raises the default logit against its null value.
+
+        A structured feature's token: gradient x (its embedding - its null embedding), plus its wide
+        term against the null's; a text feature: gradient x input summed over its tokens.
+        """
+        model = self.model
+        switch = attention(model.backbone.config, self.grad_attention) if self.grad_attention else nullcontext()
         with torch.enable_grad(), _autocast(self.device, self.dtype), switch:
-            e = self.model.backbone.get_input_embeddings()(x).detach().float().requires_grad_(True)
-            self.model(x, mask, inputs_embeds=e)["default_logit"].float().sum().backward()
-        f, _ = pad_batch([fi.astype(np.int64) + 1 for fi in fields], 0)  # 0: padding / special token
-        per_token = (e.grad * e.detach()).sum(-1) * mask
-        per_field = torch.zeros(len(ids), n_fields + 1, device=self.device)
-        per_field.scatter_add_(1, f.to(self.device), per_token)
-        return per_field[:, 1:].cpu().numpy()
+            embeds, mask = model.embed(x)
+            e = embeds.detach().float().requires_grad_(True)
+            model.encode(e, mask)["default_logit"].float().sum().backward()
+        fields = model.features.token_fields(x).to(self.device)
+        with torch.no_grad():
+            base = torch.zeros_like(e)
+            enc = model.features.enc
+            first = len(enc.start_ids)
+            base[:, first:first + len(enc.structured)] = model.features.null_tokens().float()
+            per_token = (e.grad * (e.detach() - base)).sum(-1) * mask
+            per_field = torch.zeros(len(e), n_fields + 1, device=self.device)
+            per_field.scatter_add_(1, fields + 1, per_token)  # slot 0: start, separators, padding
+            out = per_field[:, 1:]
+            if model.wide is not None:  # column 0 of its terms is the default logit's
+                terms = model.wide.terms(x)[..., 0] - model.wide.terms(null_inputs(enc, self.device))[..., 0]
+                index = torch.tensor([enc.fields.index(f) for f in enc.structured], device=self.device)
+                out = out.index_add(1, index, terms.float())
+        return out.cpu().numpy()
 
 
 @contextmanager
@@ -311,14 +329,3 @@ def compiled(model: nn.Module) -> Callable[..., dict[str, torch.Tensor]]:
     # Python floats as constants: a symbolic one made Dynamo trace MiniLM twice (~4 s more)
     dynamo.specialize_float = True
     return torch.compile(model, dynamic=True)
-
-
-def _as_arrays(col: pa.ListArray | pa.ChunkedArray | list | np.ndarray) -> list[np.ndarray]:
-    """list<int> Arrow column -> list of numpy arrays without a Python loop over values."""
-    if isinstance(col, (list, np.ndarray)):
-        return [np.asarray(x) for x in col]
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    offsets = col.offsets.to_numpy()
-    values = col.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
-    return np.split(values, offsets[1:-1] - offsets[0]) if len(col) else []

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from .. import partition, storage
 from ..cluster import init_ray
-from ..config import Config
+from ..config import Config, ConfigError
 from ..model import store
 from ..schema import model_features
 from ..suitability import load_catalog
@@ -67,7 +67,6 @@ class ScoringActor:
         self.catalog = load_catalog(self.cfg.products.catalog, self.cfg.storage.s3)
         self.product_index = np.array([loaded.meta["product_ids"].index(p) for p in self.catalog.ids], dtype=np.int64) \
             if loaded.meta["product_ids"] else np.zeros(0, dtype=np.int64)
-        self.n_fields = len(model_features(loaded.config.schema))
         self.run_id = run_id
         self.fail_marker = fail_marker
         self.batches = 0
@@ -81,8 +80,7 @@ class ScoringActor:
         started = time.perf_counter()
         # gradients (and the activations they keep) only when reason codes are asked for
         explain = (lambda pd: explain_mask(pd, self.cfg)) if self.cfg.scorecard.reason_codes else None
-        preds = self.predictor.predict(batch.column("input_ids"), batch.column("token_field") if explain else None,
-                                       self.n_fields, explain=explain)
+        preds = self.predictor.predict(batch, explain=explain)
         reasons = reasons_for(preds, self.model_cfg, self.cfg, batch.num_rows)
         if self.batches == 1:
             print(f"[score] first batch: {batch.num_rows} rows in {time.perf_counter() - started:.1f} s", flush=True)
@@ -151,6 +149,7 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
     missing = sorted(set(catalog.ids) - set(loaded_meta["product_ids"])) if loaded_meta["product_ids"] else []
     if missing:
         raise store.ModelError(f"catalog products {missing} are unknown to model {loaded_meta['version']}; retrain first")
+    check_schema(cfg, model_cfg)
     in_fs, in_path, files = resolve_input(input_uri, date, cfg.storage.s3)
     dups = preflight(in_fs, files, cfg.schema)  # whole-file problems stop here, before any write
     input_rows = sum(pq.ParquetFile(f, filesystem=in_fs).metadata.num_rows for f in files)
@@ -161,10 +160,9 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
     init_ray(cfg.ray)
     lap("ray_start")
     s = cfg.score
-    tokenizer_dir = str(model_dir / store.BACKBONE_DIR)
-
     quarantine = ThreadPoolExecutor(1, thread_name_prefix="quarantine").submit(
-        write_quarantine, in_fs, files, cfg, date, dups, out_fs, storage.join(staging, "quarantine"))
+        write_quarantine, in_fs, files, cfg, model_cfg, str(model_dir), date, dups, out_fs,
+        storage.join(staging, "quarantine"))
     drill = (str(Path(tempfile.gettempdir()) / f"nightscore-fault-drill-{run_id}")
              if s.kill_actor_after_batches is not None else None)
     # Blocks of at most batch_size x max_length x 6 bytes: a prepared row holds ~6 bytes per
@@ -184,7 +182,7 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
     try:
         ray.data.read_parquet(files, filesystem=in_fs, include_paths=True).map_batches(
             valid_rows, batch_format="pyarrow", batch_size=s.prep_rows,
-            fn_kwargs=dict(cfg=cfg, model_cfg=model_cfg, tokenizer_dir=tokenizer_dir, date=date, duplicate_ids=dups),
+            fn_kwargs=dict(cfg=cfg, model_cfg=model_cfg, model_dir=str(model_dir), date=date, duplicate_ids=dups),
         ).map_batches(
             ScoringActor, batch_format="pyarrow", batch_size=s.batch_size,
             fn_constructor_kwargs=dict(model_uri=str(model_dir) if not storage.is_s3(model_uri) else model_uri,
@@ -196,8 +194,10 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
         ).write_parquet(storage.join(staging, "scores"), filesystem=out_fs, min_rows_per_file=s.rows_per_file)
     finally:
         data_ctx.target_max_block_size, data_ctx.use_datasource_v2 = saved
-        quarantine.result()  # its error, if any, is raised here; nothing is committed either way
+        counts = quarantine.result()  # its error, if any, is raised here; nothing is committed either way
     lap("scoring")
+    if counts.summary():
+        print(f"[score] inputs the model's encoders had not seen (rows per feature): {counts.summary()}", flush=True)
     record = _check(out_fs, staging, in_fs, files, cfg, input_rows)
     lap("checks")
     finished = dt.datetime.now(dt.timezone.utc)
@@ -207,12 +207,22 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
         "model_weights_sha256": loaded_meta["weights_sha256"], "config_hash": cfg.digest(),
         "code_version": code_version(), "started_at": started.isoformat(), "finished_at": finished.isoformat(),
         "rows_per_s": round(input_rows / max((finished - started).total_seconds(), 1e-9), 2),
-        "phase_seconds": phases,
+        "phase_seconds": phases, "input_counts": counts.as_dict(),
     })
     if s.fail_before_commit:
         raise InvariantError("fault drill: stopping before commit (score.fail_before_commit)")
     partition.commit(out_fs, out_root, date, record)
     return record
+
+
+def check_schema(cfg: Config, model_cfg: Config) -> None:
+    """The run's schema must validate every feature the model reads, as the same kind: the run's
+    config routes and validates; the model's own config defines its input."""
+    run_kinds = {f.name: f.kind for f in cfg.schema.features}
+    for f in model_features(model_cfg.schema):
+        if run_kinds.get(f.name) != f.kind:
+            found = f"kind {run_kinds[f.name]!r}" if f.name in run_kinds else "nothing"
+            raise ConfigError(f"schema.features: the model reads {f.name!r} as {f.kind!r}; this config has {found}")
 
 
 def _check(out_fs, staging: str, in_fs, files: list[str], cfg: Config, input_rows: int) -> dict[str, Any]:

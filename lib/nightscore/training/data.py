@@ -1,4 +1,4 @@
-"""Labelled snapshots -> tokenised training rows, with the same validation and text as scoring."""
+"""Labelled snapshots -> encoded training rows, with the same validation and model input as scoring."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,18 +7,35 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import Config
-from ..model.tokens import tokenize, tokenizer_for
+from ..encode import Encoders, encode
+from ..model.tokens import tokenizer_for
 from ..schema import default_label
-from ..serialize import serialize
 from ..validate import batch_source, conform, split
 
+TRAIN, VALID, CALIBRATION = 0, 1, 2  # row roles
+
+
+def roles(ids: pa.Array | pa.ChunkedArray, valid_fraction: float, calibration_fraction: float) -> np.ndarray:
+    """Stable split by id hash: validation (metrics, early stopping), calibration (its fit alone)
+    and training. The same customer takes the same role every run. Pass valid_fraction 0 to split
+    a separate validation set into validation and calibration only."""
+    values = np.asarray(pc.cast(ids, pa.string()).to_pylist(), dtype=object)
+    h = pd.util.hash_array(values, categorize=False) % 10_000
+    valid_end = int(round(valid_fraction * 10_000))
+    calib_end = valid_end + int(round(calibration_fraction * 10_000))
+    return np.where(h < valid_end, VALID, np.where(h < calib_end, CALIBRATION, TRAIN)).astype(np.int8)
+
+
+def in_sample(ids: pa.Array | pa.ChunkedArray, fraction: float) -> np.ndarray:
+    """A stable id-hash sample of about `fraction` of the rows, independent of their role."""
+    values = np.asarray(pc.cast(ids, pa.string()).to_pylist(), dtype=object)
+    h = (pd.util.hash_array(values, categorize=False) // 10_000) % 10_000
+    return h < int(round(fraction * 10_000)) if fraction < 1 else np.ones(len(values), dtype=bool)
 
 
 def in_validation(ids: pa.Array | pa.ChunkedArray, fraction: float) -> np.ndarray:
-    """Stable split by customer_id hash: the same customer lands on the same side every run."""
-    values = np.asarray(pc.cast(ids, pa.string()).to_pylist(), dtype=object)
-    h = pd.util.hash_array(values, categorize=False)
-    return (h % 10_000) < int(round(fraction * 10_000))
+    """Rows held out of training by the id-hash split (validation and calibration together)."""
+    return roles(ids, fraction, 0.0) != TRAIN
 
 
 def multi_hot(lists: pa.ChunkedArray | pa.Array, product_ids: list[str]) -> np.ndarray:
@@ -34,13 +51,12 @@ def multi_hot(lists: pa.ChunkedArray | pa.Array, product_ids: list[str]) -> np.n
     return out
 
 
-def encode(table: pa.Table, cfg: Config, tokenizer, product_ids: list[str]) -> pa.Table:
-    """Valid labelled rows -> input_ids + label columns used by the training loop."""
+def training_rows(table: pa.Table, cfg: Config, encoders: Encoders, tokenizer, product_ids: list[str]) -> pa.Table:
+    """Valid labelled rows -> model input + the label columns the training loop reads."""
     labels = cfg.schema.labels
-    cols: dict[str, pa.Array] = {
-        "customer_id": pc.cast(table.column(cfg.schema.id), pa.string()),
-        "input_ids": tokenize(serialize(table, cfg.schema, cfg.serialize), tokenizer, cfg.model.max_length),
-    }
+    inputs, _ = encode(table, encoders, cfg.schema, tokenizer)
+    cols: dict[str, pa.Array] = {"customer_id": pc.cast(table.column(cfg.schema.id), pa.string())}
+    cols.update({name: inputs.column(name) for name in inputs.column_names})
     if labels.default:
         y = default_label(table, cfg.schema)
         cols["has_default"] = pc.is_valid(y)
@@ -72,15 +88,12 @@ def _matrix(lists: pa.ChunkedArray, product_ids: list[str]) -> pa.FixedSizeListA
     return pa.FixedSizeListArray.from_arrays(pa.array(hot.reshape(-1)), len(product_ids))
 
 
-def prepare_batch(batch: pa.Table, cfg: Config, tokenizer_dir: str, product_ids: list[str],
-                  duplicate_ids: pa.Array, split_valid: bool) -> pa.Table:
-    """One Ray Data batch: validate (invalid rows dropped, counted by the caller), encode.
-
-    Adds `is_valid_split` when the validation split is taken from the same data.
-    """
+def prepare_batch(batch: pa.Table, cfg: Config, encoders: Encoders, tokenizer_dir: str, product_ids: list[str],
+                  duplicate_ids: pa.Array, valid_fraction: float, calibration_fraction: float) -> pa.Table:
+    """One Ray Data batch: validate (invalid rows dropped, counted by the caller), encode, and give
+    each row its role (`role`: training, validation or calibration; see roles)."""
     table = conform(batch, cfg.schema, batch_source(batch), with_labels=True)
     valid = split(table, cfg.schema, None, duplicate_ids).valid
-    out = encode(valid, cfg, tokenizer_for(tokenizer_dir), product_ids)
-    if split_valid:
-        out = out.append_column("is_valid_split", pa.array(in_validation(valid.column(cfg.schema.id), cfg.train.valid_fraction)))
-    return out
+    out = training_rows(valid, cfg, encoders, tokenizer_for(tokenizer_dir), product_ids)
+    role = roles(valid.column(cfg.schema.id), valid_fraction, calibration_fraction)
+    return out.append_column("role", pa.array(role))

@@ -14,31 +14,72 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import storage
+from .. import encode, storage
 from ..cluster import init_ray
 from ..config import Config, ConfigError
+from ..encode import Encoders
 from ..model import store
-from ..model.tokens import pad_token_id
+from ..model.tokens import tokenizer_for
 from ..monitoring import REFERENCE_KINDS, build_reference
+from ..schema import required_columns
 from ..suitability import Catalog, load_catalog
-from ..validate import InputFileError, preflight
-from .data import prepare_batch
+from ..validate import InputFileError, conform, preflight, split
+from .data import CALIBRATION, TRAIN, VALID, in_sample, prepare_batch, roles
 from .loop import EXPORT_DIR, STATE_FILE, VALID_PREDICTIONS, train_loop_per_worker
 
 
-def _read(uri: str, cfg: Config, tokenizer_dir: str, product_ids: list[str], split_valid: bool):
-    import ray.data
-
+def _files(uri: str, cfg: Config) -> tuple[Any, list[str], pa.Array, int]:
+    """(filesystem, files, duplicate ids, rows) of a labelled snapshot; whole-file problems raise here."""
     fs, path = storage.filesystem(uri, cfg.storage.s3)
     files = storage.list_files(fs, path)
     dups = preflight(fs, files, cfg.schema, with_labels=True)
-    input_rows = sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
-    ds = ray.data.read_parquet(files, filesystem=fs, include_paths=True).map_batches(
+    rows = sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
+    return fs, files, dups, rows
+
+
+def fit_encoders(fs, files: list[str], dups: pa.Array, rows: int, cfg: Config, backbone_dir: str,
+                 holdout: bool) -> Encoders:
+    """Fit the encoders on valid training rows only (never the validation or calibration rows),
+    a stable id-hash sample of at most model.fit_rows of them, read one batch at a time."""
+    fraction = min(1.0, cfg.model.fit_rows / max(rows, 1))
+    t = cfg.train
+    parts = []
+    columns = list(required_columns(cfg.schema, with_labels=True))
+    for f in files:
+        for batch in pq.ParquetFile(f, filesystem=fs).iter_batches(batch_size=65_536, columns=columns):
+            table = conform(pa.Table.from_batches([batch]), cfg.schema, f, with_labels=True)
+            valid = split(table, cfg.schema, None, dups).valid
+            ids = valid.column(cfg.schema.id)
+            keep = in_sample(ids, fraction)
+            if holdout:
+                keep &= roles(ids, t.valid_fraction, t.calibration_fraction) == TRAIN
+            parts.append(valid.filter(pa.array(keep)))
+    sample = pa.concat_tables(parts) if parts else None
+    if sample is None or sample.num_rows == 0:
+        raise InputFileError("no valid training rows to fit the feature encoders on")
+    return encode.fit(sample, cfg.schema, cfg.model, tokenizer_for(backbone_dir), backbone_dir)
+
+
+def _prepare(fs, files: list[str], dups: pa.Array, cfg: Config, encoders: Encoders, tokenizer_dir: str,
+             product_ids: list[str], valid_fraction: float, calibration_fraction: float):
+    import ray.data
+
+    return ray.data.read_parquet(files, filesystem=fs, include_paths=True).map_batches(
         prepare_batch, batch_format="pyarrow", batch_size=1024,
-        fn_kwargs=dict(cfg=cfg, tokenizer_dir=tokenizer_dir, product_ids=product_ids,
-                       duplicate_ids=dups, split_valid=split_valid),
+        fn_kwargs=dict(cfg=cfg, encoders=encoders, tokenizer_dir=tokenizer_dir, product_ids=product_ids,
+                       duplicate_ids=dups, valid_fraction=valid_fraction, calibration_fraction=calibration_fraction),
     ).materialize()
-    return ds, input_rows
+
+
+def truncated_rows(datasets: list, encoders: Encoders) -> dict[str, int]:
+    """Rows whose text feature was cut at its token budget, per feature (only those with any)."""
+    if not encoders.text:
+        return {}
+    cut = np.zeros(len(encoders.text), dtype=np.int64)
+    for ds in datasets:
+        for b in ds.select_columns(["text_cut"]).iter_batches(batch_size=8192, batch_format="numpy"):
+            cut += np.stack(b["text_cut"]).sum(0) if len(b["text_cut"]) else 0
+    return {t.name: int(c) for t, c in zip(encoders.text, cut) if c}
 
 
 def label_sums(ds, cfg: Config) -> dict[str, Any]:
@@ -113,7 +154,7 @@ def metric_names(cfg: Config) -> list[str]:
         names += ["default_auc", "default_gini", "default_ks", "default_brier", "default_logloss", "default_ece"]
     if cfg.schema.labels.products:
         k = cfg.products.top_k
-        names += [f"recall@{k}", f"ndcg@{k}", f"map@{k}"]
+        names += ["product_auc", f"recall@{k}", f"ndcg@{k}", f"map@{k}"]
     return names + ["train_loss"]
 
 
@@ -140,31 +181,48 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
     init_ray(cfg.ray, dashboard=True)  # Ray Train's placement-group cleaner asks the state API
 
     product_ids = catalog.ids if cfg.schema.labels.products else []  # no product labels: no product head
-    prepared, input_rows = _read(train_uri, cfg, backbone_dir, product_ids, split_valid=valid_uri is None)
-    if valid_uri is None:
-        train_ds = prepared.filter(expr="is_valid_split == False").drop_columns(["is_valid_split"]).materialize()
-        valid_ds = prepared.filter(expr="is_valid_split == True").drop_columns(["is_valid_split"]).materialize()
+    t = cfg.train
+    fs, files, dups, input_rows = _files(train_uri, cfg)
+    encoders = fit_encoders(fs, files, dups, input_rows, cfg, backbone_dir, holdout=valid_uri is None)
+    if valid_uri is None:  # validation and calibration rows by id hash from the training data
+        prepared = _prepare(fs, files, dups, cfg, encoders, backbone_dir, product_ids,
+                            t.valid_fraction, t.calibration_fraction)
+        parts = {name: prepared.filter(expr=f"role == {role}").drop_columns(["role"]).materialize()
+                 for name, role in (("train", TRAIN), ("valid", VALID), ("calibration", CALIBRATION))}
         valid_input_rows = 0
-    else:
-        train_ds = prepared
-        valid_ds, valid_input_rows = _read(valid_uri, cfg, backbone_dir, product_ids, split_valid=False)
-    train_rows, valid_rows = train_ds.count(), valid_ds.count()
-    quarantined = input_rows + valid_input_rows - train_rows - valid_rows
-    print(f"[train] rows: {train_rows} train, {valid_rows} validation, {quarantined} quarantined", flush=True)
-    if train_rows == 0 or valid_rows == 0:
-        raise ConfigError("not enough valid rows to train and validate (check the data and train.valid_fraction)")
-    sums = label_sums(train_ds, cfg)
+    else:  # a separate validation set, split by id hash into validation and calibration rows
+        share = t.calibration_fraction / (t.valid_fraction + t.calibration_fraction)
+        vfs, vfiles, vdups, valid_input_rows = _files(valid_uri, cfg)
+        held = _prepare(vfs, vfiles, vdups, cfg, encoders, backbone_dir, product_ids, 1 - share, share)
+        parts = {"train": _prepare(fs, files, dups, cfg, encoders, backbone_dir, product_ids, 0.0, 0.0)
+                 .drop_columns(["role"]).materialize(),
+                 "valid": held.filter(expr=f"role == {VALID}").drop_columns(["role"]).materialize(),
+                 "calibration": held.filter(expr=f"role == {CALIBRATION}").drop_columns(["role"]).materialize()}
+    counts = {name: ds.count() for name, ds in parts.items()}
+    train_rows, valid_rows, calib_rows = counts["train"], counts["valid"], counts["calibration"]
+    quarantined = input_rows + valid_input_rows - sum(counts.values())
+    print(f"[train] rows: {train_rows} train, {valid_rows} validation, {calib_rows} calibration, "
+          f"{quarantined} quarantined; {len(encoders.structured)} feature tokens + up to "
+          f"{sum(x.max_tokens for x in encoders.text)} text tokens per row", flush=True)
+    if min(counts.values()) == 0:
+        raise ConfigError("not enough valid rows to train, validate and calibrate (check the data, "
+                          "train.valid_fraction and train.calibration_fraction)")
+    truncated = truncated_rows(list(parts.values()), encoders)
+    if truncated:
+        print(f"[train] text cut at its max_tokens (rows per feature): "
+              f"{', '.join(f'{k} {v}' for k, v in truncated.items())}", flush=True)
+    sums = label_sums(parts["train"], cfg)
     check_labels(sums, cfg, "training")
-    check_labels(label_sums(valid_ds, cfg), cfg, "validation")
+    check_labels(label_sums(parts["valid"], cfg), cfg, "validation")
+    check_labels(label_sums(parts["calibration"], cfg), cfg, "calibration")
 
     name = run_name or f"train-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
-    t = cfg.train
     metric, mode = t.early_stopping_metric, t.early_stopping_mode
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.to_dict(), "product_ids": product_ids, "train_rows": train_rows,
-            "pad_id": pad_token_id(backbone_dir), "priors": label_priors(sums, cfg),
+            "encoders": encoders.to_json(), "priors": label_priors(sums, cfg),
             "fail_marker": str(Path(storage_path).expanduser() / name / ".fault-drill-done"),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
@@ -176,7 +234,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                                          checkpoint_score_order=mode),
         ),
-        datasets={"train": train_ds, "valid": valid_ds},
+        datasets=parts,
     )
     if not storage.is_s3(storage_path):
         Path(storage_path, name).mkdir(parents=True, exist_ok=True)
@@ -198,11 +256,13 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         valid_preds = pq.read_table(preds_path) if preds_path.exists() else None
     reference = reference_population(cfg, valid_uri or train_uri, valid_preds) if valid_preds is not None else None
     manifest = store.save(
-        out_uri, state_dict=weights, base_backbone=backbone_dir, tokenizer_dir=backbone_dir,
-        pooling=cfg.model.pooling, product_ids=product_ids, calibration=calib, config=cfg,
-        catalog_yaml=catalog_yaml(catalog), metrics={"best": best_metrics, "history": history},
+        out_uri, state_dict=weights, base_backbone=backbone_dir, tokenizer_dir=backbone_dir, encoders=encoders,
+        product_ids=product_ids, calibration=calib, config=cfg,
+        catalog_yaml=catalog_yaml(catalog),
+        metrics={"best": best_metrics, "history": history, "truncated_text_rows": truncated},
         training={"train_uri": train_uri, "valid_uri": valid_uri, "input_rows": input_rows + valid_input_rows,
-                  "train_rows": train_rows, "valid_rows": valid_rows, "quarantined_rows": quarantined,
+                  "train_rows": train_rows, "valid_rows": valid_rows, "calibration_rows": calib_rows,
+                  "quarantined_rows": quarantined,
                   "run_name": name, "storage_path": storage_path, "resumed_at_epochs": resumed},
         reference=reference, s3=cfg.storage.s3,
     )
