@@ -1,12 +1,13 @@
 """Feature tokens against the text-only model they replaced: training samples/s and scoring rows/s,
 same machine, same rows, one run, each through its own code's real jobs (jobs/train.py, jobs/score.py).
 
-    python bench/bench_vs_text.py --text-ref 28661e1 [--rows 20000] [--train-rows 2000] [--rounds 2]
+    python bench/bench_vs_text.py --text-ref 28661e1 [--rows 20000] [--train-rows 2000] [--rounds 2] [key.path=value ...]
 
 `--text-ref` is the last commit of the text-only model (rows spelled out as "Label: value; …").
 It is checked out into a temporary git worktree and run with the same virtual environment; both
 sides train MiniLM for one epoch on the same labelled rows (local.yaml, 2 workers, ZeRO-2) and
-score the same unlabelled snapshot (2 actors x 1 CPU, reason codes on, default compile setting).
+score the same unlabelled snapshot (2 actors x 1 CPU, default compile setting); overrides apply to
+both sides' scoring (e.g. scorecard.reason_codes=false).
 Scoring alternates old/new for `--rounds` rounds so the machine's drift falls on both sides.
 """
 import argparse
@@ -39,8 +40,10 @@ def main() -> None:
     p.add_argument("--train-rows", type=int, default=2_000, help="labelled rows trained on (one epoch)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json")
+    p.add_argument("overrides", nargs="*", help="config overrides for both sides' scoring")
     args = p.parse_args()
-    result: dict = {"text_ref": args.text_ref, "rows": args.rows, "train_rows": args.train_rows, "sides": {}}
+    result: dict = {"text_ref": args.text_ref, "rows": args.rows, "train_rows": args.train_rows,
+                    "score_overrides": args.overrides, "sides": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         old = tmp / "text-only"
@@ -67,7 +70,7 @@ def main() -> None:
                 for name, tree in (sides.items() if r % 2 == 0 else reversed(list(sides.items()))):
                     out = tmp / f"scores-{name.replace(' ', '-')}-{r}"
                     job(tree, "score.py", "--input", str(tmp / "snap"), "--model", str(tmp / f"model-{name.replace(' ', '-')}"),
-                        "--output", str(out), "--date", str(DATE))
+                        "--output", str(out), "--date", str(DATE), *args.overrides)
                     manifest = json.loads((out / f"date={DATE}" / "_manifest.json").read_text())
                     side = result["sides"][name]
                     side["score_rows_per_s"].append(manifest["rows_per_s"])
