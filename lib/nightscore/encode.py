@@ -34,8 +34,8 @@ from .schema import feature_type, model_features
 
 FORMAT = 2  # model-input format a model directory records; 1 was spelled-out text
 ENCODERS_FILE = "encoders.json"
-NULL, UNSEEN = 0, 1  # category slots
-LIST_NULL, LIST_EMPTY, LIST_UNSEEN = 0, 1, 2  # list-item slots
+NULL, UNSEEN, CATEGORY_FIRST = 0, 1, 2  # category slots; values from CATEGORY_FIRST on
+LIST_NULL, LIST_EMPTY, LIST_UNSEEN, ITEM_FIRST = 0, 1, 2, 3  # list-item slots; items from ITEM_FIRST on
 STRUCTURED = ("numeric", "categorical", "boolean", "list")
 
 # RE2 patterns, applied in this order.
@@ -254,7 +254,7 @@ def encode(table: pa.Table, enc: Encoders, schema: SchemaSpec, tokenizer) -> tup
         idx = np.empty((n, len(enc.categorical)), dtype=np.int32)
         for j, v in enumerate(enc.categorical):
             values = pc.cast(pc.cast(table.column(v.name), feature_type(by_name[v.name])), pa.string())
-            slots, counts.unseen[v.name] = _index(values, v, 2, UNSEEN)
+            slots, counts.unseen[v.name] = _index(values, v, CATEGORY_FIRST, UNSEEN)
             idx[:, j] = np.where(slots < 0, NULL, slots)
         cols["categorical"] = _fixed(idx, np.int32)
     if enc.lists:
@@ -263,7 +263,7 @@ def encode(table: pa.Table, enc: Encoders, schema: SchemaSpec, tokenizer) -> tup
             col = table.column(v.name)
             col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
             flat = pc.list_flatten(col)
-            slots, counts.unseen[v.name] = _index(flat, v, 3, LIST_UNSEEN)
+            slots, counts.unseen[v.name] = _index(flat, v, ITEM_FIRST, LIST_UNSEEN)
             slots = np.where(slots < 0, LIST_UNSEEN, slots)  # a null item inside a list: unknown
             size = pc.fill_null(pc.list_value_length(col), -1).to_numpy(zero_copy_only=False)
             parents = np.split(slots, np.cumsum(np.maximum(size, 0))[:-1]) if n else []

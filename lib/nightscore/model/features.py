@@ -25,7 +25,7 @@ import torch
 from rtdl_num_embeddings import PiecewiseLinearEmbeddings, PiecewiseLinearEncoding
 from torch import nn
 
-from ..encode import LIST_NULL, NULL, Encoders
+from ..encode import CATEGORY_FIRST, ITEM_FIRST, LIST_NULL, NULL, Encoders
 
 INPUT_KEYS = ("numeric", "categorical", "list_items", "list_lengths", "text_ids", "text_field")
 
@@ -36,6 +36,17 @@ def _offsets(sizes: list[int]) -> torch.Tensor:
 
 def _bins(enc: Encoders) -> list[torch.Tensor]:
     return [torch.tensor(e.edges, dtype=torch.float32) for e in enc.numeric]
+
+
+def _value_tables(module: nn.Module, enc: Encoders, width: int) -> None:
+    """`categories` (one row per category slot of every categorical feature) and `items` (one per
+    list-item slot, a bag's mean), each with the offset of every feature's first slot."""
+    cat_sizes = [len(v.values) + CATEGORY_FIRST for v in enc.categorical]
+    module.categories = nn.Embedding(max(sum(cat_sizes), 1), width)
+    module.register_buffer("category_offsets", _offsets(cat_sizes), persistent=False)
+    item_sizes = [len(v.values) + ITEM_FIRST for v in enc.lists]
+    module.items = nn.EmbeddingBag(max(sum(item_sizes), 1), width, mode="mean")
+    module.register_buffer("item_offsets", _offsets(item_sizes), persistent=False)
 
 
 def _quietly(build, *args, **kwargs):
@@ -60,12 +71,7 @@ class FeatureEmbedder(nn.Module):
         self.numeric = _quietly(PiecewiseLinearEmbeddings, _bins(enc), d, activation=False, version="B") \
             if n_num else None
         self.numeric_null = nn.Parameter(torch.randn(n_num, d) * std)
-        cat_sizes = [len(v.values) + 2 for v in enc.categorical]
-        self.categories = nn.Embedding(max(sum(cat_sizes), 1), d)
-        self.register_buffer("category_offsets", _offsets(cat_sizes), persistent=False)
-        item_sizes = [len(v.values) + 3 for v in enc.lists]
-        self.items = nn.EmbeddingBag(max(sum(item_sizes), 1), d, mode="mean")
-        self.register_buffer("item_offsets", _offsets(item_sizes), persistent=False)
+        _value_tables(self, enc, d)
         nn.init.normal_(self.categories.weight, std=std)
         nn.init.normal_(self.items.weight, std=std)
 
@@ -102,8 +108,7 @@ class FeatureEmbedder(nn.Module):
         """(input embeddings, attention mask) for the backbone's `inputs_embeds`."""
         feats = self.structured(x)
         rows, device = feats.shape[0], feats.device
-        fixed = [torch.tensor(self.enc.start_ids, dtype=torch.long, device=device)]
-        head = word_embeddings(fixed[0]).expand(rows, -1, -1)
+        head = word_embeddings(torch.tensor(self.enc.start_ids, dtype=torch.long, device=device)).expand(rows, -1, -1)
         sep = word_embeddings(torch.tensor(self.enc.sep_ids, dtype=torch.long, device=device)).expand(rows, -1, -1)
         parts = [head.to(feats.dtype), feats, sep.to(feats.dtype)]
         mask = [torch.ones(rows, head.shape[1] + feats.shape[1] + sep.shape[1], dtype=torch.long, device=device)]
@@ -155,12 +160,7 @@ class WideHead(nn.Module):
         self.numeric = _quietly(PiecewiseLinearEncoding, _bins(enc)) if enc.numeric else None
         bins = self.numeric.impl.get_max_n_bins() if self.numeric is not None else 0
         self.numeric_weight = nn.Parameter(torch.zeros(len(enc.numeric), bins + 1, n_out))  # last: null
-        cat_sizes = [len(v.values) + 2 for v in enc.categorical]
-        self.categories = nn.Embedding(max(sum(cat_sizes), 1), n_out)
-        self.register_buffer("category_offsets", _offsets(cat_sizes), persistent=False)
-        item_sizes = [len(v.values) + 3 for v in enc.lists]
-        self.items = nn.EmbeddingBag(max(sum(item_sizes), 1), n_out, mode="mean")
-        self.register_buffer("item_offsets", _offsets(item_sizes), persistent=False)
+        _value_tables(self, enc, n_out)
         nn.init.zeros_(self.categories.weight)
         nn.init.zeros_(self.items.weight)
 

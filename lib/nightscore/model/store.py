@@ -190,10 +190,13 @@ def upload_dir(root: Path, out_uri: str, s3: S3Spec | None = None) -> None:
 class LoadedModel:
     model: CreditModel
     tokenizer: Any
-    encoders: Encoders
     meta: dict[str, Any]
     config: Config
     root: Path
+
+    @property
+    def encoders(self) -> Encoders:
+        return self.model.features.enc
 
     @property
     def version(self) -> str:
@@ -256,5 +259,4 @@ def load(uri: str, s3: S3Spec | None = None) -> LoadedModel:
         raise ModelError(f"{uri}: head weights do not match: missing={missing} unexpected={unexpected}")
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(root / BACKBONE_DIR, trust_remote_code=False)
-    return LoadedModel(model=model, tokenizer=tokenizer, encoders=model.features.enc, meta=meta, config=config,
-                       root=root)
+    return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, config=config, root=root)

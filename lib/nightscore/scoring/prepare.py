@@ -14,17 +14,16 @@ import pyarrow.parquet as pq
 
 from .. import storage
 from ..config import Config
-from ..encode import ENCODERS_FILE, Counts, Encoders, encode
+from ..encode import Counts, Encoders, encode
+from ..model.store import BACKBONE_DIR, load_encoders
 from ..model.tokens import tokenizer_for
 from ..validate import batch_source, conform, split
-
-BACKBONE_DIR = "backbone"  # model/store.py's; not imported from there, which imports torch
 
 
 @functools.lru_cache(maxsize=4)
 def encoders_for(model_dir: str) -> Encoders:
     """One copy of a (verified) model directory's encoders per process."""
-    return Encoders.from_json((Path(model_dir) / ENCODERS_FILE).read_text())
+    return load_encoders(Path(model_dir))
 
 
 def model_input(valid: pa.Table, model_cfg: Config, model_dir: str) -> tuple[pa.Table, Counts]:

@@ -133,8 +133,7 @@ def param_groups(model: CreditModel, cfg: Config) -> list[dict[str, Any]]:
     train.feature_lr; the heads on the pooled output at train.head_lr.
 
     The wide terms sum one weight per bin a value passes (up to model.numeric_bins per feature)
-    over every feature: at the heads' rate a single step moved the logit by several units and
-    validation AUC collapsed mid-run (German credit, fold 4)."""
+    over every feature, so at the heads' rate a single step can move the logit by several units."""
     groups: dict[str, list] = {"backbone": [], "features": [], "heads": []}
     for name, p in model.named_parameters():
         if p.requires_grad:
