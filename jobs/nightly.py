@@ -1,6 +1,6 @@
 """The scheduled nightly run: score one snapshot date, then write the monitoring report.
 
-    python jobs/nightly.py --config jobs/configs/local.yaml [--date YYYY-MM-DD] [--force]
+    python jobs/nightly.py --config jobs/configs/local.yaml [--date YYYY-MM-DD] [--force] [--wait SECONDS]
 
 Exit codes: 0 ok; 1 the run failed and nothing was committed; 2 bad usage or config;
 3 a monitoring alert (outputs were committed; read the report).
@@ -14,11 +14,13 @@ def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument("--date", type=cli.date_arg, help="snapshot date (default: yesterday in nightly.timezone)")
     p.add_argument("--force", action="store_true", help="replace an already committed date (atomically)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="if another run holds the date, wait this long for it (default: exit 1 at once)")
     args, cfg = cli.parse(p)
 
     with cli.clear_errors():
         try:
-            record, report = run(cfg, args.date, force=args.force)
+            record, report = run(cfg, args.date, force=args.force, wait=args.wait)
         except InvariantError as exc:
             cli.fail(str(exc), cli.EXIT_FAILED)
 

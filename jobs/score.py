@@ -1,6 +1,6 @@
 """Score one snapshot date: calibrated PD, credit score, band, reason codes, suitable products.
 
-    python jobs/score.py --config jobs/configs/local.yaml --input SNAPSHOTS --model MODEL --output OUT --date YYYY-MM-DD [--force]
+    python jobs/score.py --config jobs/configs/local.yaml --input SNAPSHOTS --model MODEL --output OUT --date YYYY-MM-DD [--force] [--wait SECONDS]
 """
 from nightscore import cli
 from nightscore.scoring.pipeline import InvariantError, run
@@ -13,11 +13,13 @@ def main() -> None:
     p.add_argument("--output", required=True, help="output root; writes <output>/date=YYYY-MM-DD/")
     p.add_argument("--date", required=True, type=cli.date_arg, help="snapshot date, YYYY-MM-DD")
     p.add_argument("--force", action="store_true", help="replace an already committed date (atomically)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="if another run holds the date, wait this long for it (default: exit 1 at once)")
     args, cfg = cli.parse(p)
 
     with cli.clear_errors():
         try:
-            record = run(cfg, args.input, args.model, args.output, args.date, force=args.force)
+            record = run(cfg, args.input, args.model, args.output, args.date, force=args.force, wait=args.wait)
         except InvariantError as exc:
             cli.fail(str(exc), cli.EXIT_FAILED)
 

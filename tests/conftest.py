@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def s3_bucket(s3_server, request):
     """A fresh, empty bucket per test."""
     import boto3
 
-    name = "nightscore-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = "nightscore-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
     s3 = boto3.client("s3", endpoint_url=s3_server)
     s3.create_bucket(Bucket=name)
     return name
@@ -143,7 +144,8 @@ def tiny_model_dir(tiny_backbone, tmp_path_factory) -> str:
     loaded = store.load(str(root / "draft"))
     rows, _ = synth.generate(600, dt.date(2026, 10, 1), 99, catalog.ids)
     pd = Predictor(loaded, precision="fp32").predict(model_input(rows, cfg, str(loaded.root))[0]).pd
-    store.save(str(root / "m"), reference=build_reference(rows, cfg.schema, pd), **kwargs)
+    store.save(str(root / "m"), reference=build_reference(rows, cfg.schema, pd, cfg.scorecard,
+                                                          cfg.monitoring.min_group_size), **kwargs)
     return str(root / "m")
 
 

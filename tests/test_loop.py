@@ -1,4 +1,8 @@
-"""Training objective pieces: product loss over eligible products, heads started at base rates."""
+"""Training objective pieces: product loss over eligible products, heads started at base rates;
+the per-worker memory metric."""
+import time
+
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -7,7 +11,7 @@ from conftest import LOCAL_CONFIG
 from nightscore.config import load_config
 from nightscore.encode import Encoders, Numeric
 from nightscore.model.network import CreditModel
-from nightscore.training.loop import _loss
+from nightscore.training.loop import PeakRSS, _loss
 from nightscore.training.trainer import check_labels, label_priors, label_sums
 from nightscore.validate import InputFileError
 
@@ -86,3 +90,14 @@ def test_feature_embeddings_and_heads_get_their_own_learning_rates(tiny_backbone
     assert {id(p) for p in model.features.parameters()} | {id(p) for p in model.wide.parameters()} == ids[1]
     assert {id(p) for p in model.default_head.parameters()} | {id(p) for p in model.product_head.parameters()} == ids[2]
     assert sum(len(i) for i in ids) == len(list(model.parameters()))
+
+
+def test_peak_rss_sees_a_transient_allocation():
+    """The per-worker memory metric: a peak held for a moment and freed is still counted."""
+    memory = PeakRSS()
+    block = np.ones(256 * 2**20 // 8)  # 256 MiB, every page touched
+    time.sleep(0.3)
+    del block
+    time.sleep(0.1)
+    memory.stop()
+    assert 200 < memory.growth_mib() < 1024

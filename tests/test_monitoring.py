@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from conftest import LOCAL_CONFIG
 from nightscore.config import (ConfigError, MonitoringSpec, SchemaSpec, ScorecardSpec, SensitiveSpec, apply_overrides,
                                load_config)
-from nightscore.monitoring import (PD_COLUMN, build_reference, build_report, feature_psi, psi_categorical,
-                                   psi_numeric, write_report)
+from nightscore.monitoring import (PD_COLUMN, build_reference, build_report, categorical_distribution, feature_psi,
+                                   numeric_distribution, psi, reference_band_shares, write_report)
 from nightscore.scorecard import pd_to_score, score_to_band
 from nightscore.synth import catalog_product_ids, generate
 
@@ -20,6 +20,7 @@ SCORECARD = ScorecardSpec()
 BANDS = [b.name for b in SCORECARD.bands]
 SPEC = MonitoringSpec(sensitive=[SensitiveSpec(column="age", bins=[18, 30, 50, 121], label="Age band"),
                                  SensitiveSpec(column="region")])
+K = SPEC.min_group_size
 SCHEMA = SchemaSpec(
     id="cid",
     pii=["email"],
@@ -71,8 +72,12 @@ def scores_for(pd: np.ndarray, seed: int = 0, rec_rate: float = 0.8) -> pa.Table
     })
 
 
+def reference_for(rows: pa.Table, pd: np.ndarray | None = None, schema=SCHEMA) -> dict:
+    return build_reference(rows, schema, proxy_pd(rows) if pd is None else pd, SCORECARD, K)
+
+
 def report_for(cur: pa.Table, ref_rows: pa.Table, quarantined: int = 0, history=(), spec=SPEC, date="2024-05-02"):
-    reference = build_reference(ref_rows, SCHEMA, proxy_pd(ref_rows))
+    reference = reference_for(ref_rows)
     pd = proxy_pd(cur)
     report = build_report(date=date, scores=scores_for(pd), quarantine_rows=quarantined,
                           input_rows=cur.num_rows + quarantined, features=cur.drop_columns(["email"]),
@@ -82,6 +87,36 @@ def report_for(cur: pa.Table, ref_rows: pa.Table, quarantined: int = 0, history=
 
 
 # --------------------------------------------------------------------------- PSI
+def psi_numeric(ref, cur) -> float:
+    return psi(numeric_distribution(ref, K), cur)
+
+
+def psi_categorical(ref, cur) -> float:
+    return psi(categorical_distribution(ref, K), cur)
+
+
+def raw_psi(ref, cur, numeric: bool) -> float:
+    """PSI straight from raw reference rows, as monitoring computed it before references were
+    binned: the oracle the binned reference must reproduce."""
+    def counts(values):
+        arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(
+            np.asarray(values, dtype=object), from_pandas=True)
+        return {row["values"]: row["counts"] for row in pc.value_counts(arr).to_pylist()}
+
+    if numeric:
+        r, c = (pc.cast(v, pa.float64()).to_numpy(zero_copy_only=False) for v in (ref, cur))
+        r_ok, c_ok = np.isfinite(r), np.isfinite(c)
+        cuts = np.unique(np.quantile(r[r_ok], np.linspace(0, 1, 11)[1:-1]))
+        p, q = (np.append(np.bincount(np.searchsorted(cuts, x[ok], side="left"), minlength=len(cuts) + 1),
+                          (~ok).sum()) for x, ok in ((r, r_ok), (c, c_ok)))
+    else:
+        rc, cc = counts(ref), counts(cur)
+        keys = list(rc.keys() | cc.keys())
+        p, q = np.array([rc.get(k, 0) for k in keys]), np.array([cc.get(k, 0) for k in keys])
+    p, q = np.maximum(p / p.sum(), 1e-4), np.maximum(q / q.sum(), 1e-4)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
 def test_psi_numeric_same_distribution_is_near_zero():
     rng = np.random.default_rng(0)
     assert psi_numeric(rng.normal(size=20_000), rng.normal(size=20_000)) < 0.01
@@ -131,31 +166,112 @@ def test_psi_categorical():
     assert psi_categorical(ref, np.where(rng.random(10_000) < 0.3, "new", ref)) > 0.25
     with_nulls = np.where(rng.random(10_000) < 0.3, None, ref).astype(object)
     assert psi_categorical(ref, with_nulls) > 0.25
-    assert psi_categorical(pa.array([True, False, None]), pa.array([True, False, None])) == pytest.approx(0.0)
+    flags = pa.array([True, False, None] * K)
+    assert psi_categorical(flags, flags) == pytest.approx(0.0)
+    assert psi_categorical(flags, np.array([True, False] * 30)) > 0.25  # null is a category of its own
 
 
 # --------------------------------------------------------------------------- reference
-def test_build_reference_keeps_binnable_features_and_pd_only():
+def reference_counts(reference: dict) -> list[int]:
+    """Every group count a reference.json publishes: bins, categories, "other", nulls, histogram."""
+    dists = [*reference["features"].values(), reference["pd"], reference["credit_score"]]
+    counts = [c for d in dists for c in (d["counts"] if d["kind"] == "numeric"
+                                         else [*d["categories"].values(), d["other"]])]
+    return counts + [d["nulls"] for d in dists] + reference["pd_histogram"]["counts"]
+
+
+def test_build_reference_holds_binned_features_and_pd_only():
     rows = population(300, seed=1)
-    ref = build_reference(rows, SCHEMA, proxy_pd(rows), max_rows=100)
-    assert ref.column_names == ["age", "income", "segment", "region", "flag", PD_COLUMN]
-    assert ref.num_rows == 100
-    assert "cid" not in ref.column_names and "email" not in ref.column_names
-    assert set(ref[PD_COLUMN].to_pylist()) <= set(proxy_pd(rows).tolist())
+    ref = reference_for(rows)
+    assert list(ref["features"]) == ["age", "income", "segment", "region", "flag"]  # no list, text, id or PII
+    assert ref["rows"] == 300 and ref["min_group_size"] == K
+    assert [d["kind"] for d in ref["features"].values()] == ["numeric", "numeric", "categorical", "categorical",
+                                                               "categorical"]
+    assert set(ref["features"]["flag"]["categories"]) == {"true", "false"}
+    assert sum(ref["features"]["age"]["counts"]) == 300
+    assert ref["pd"]["mean"] == pytest.approx(proxy_pd(rows).mean())
+    text = json.dumps(ref, allow_nan=False)
+    assert "c1-" not in text and "example.com" not in text
+    assert all(c == 0 or c >= K for c in reference_counts(ref))
     with pytest.raises(ValueError, match="shape"):
-        build_reference(rows, SCHEMA, np.zeros(3))
+        build_reference(rows, SCHEMA, np.zeros(3), SCORECARD, K)
 
 
 def test_build_reference_on_synthetic_snapshot_drops_pii_ids_labels():
     cfg = load_config(LOCAL_CONFIG)
     table, _ = generate(500, dt.date(2024, 1, 1), seed=0, product_ids=catalog_product_ids(cfg.products.catalog),
                         labels=True)
-    ref = build_reference(table, cfg.schema, np.full(500, 0.05))
-    banned = set(cfg.schema.pii) | {cfg.schema.id, cfg.schema.date, "default_12m", "products_acquired_90d",
-                                   "products_held", "interaction_notes"}
-    assert not banned & set(ref.column_names)
-    assert set(ref.column_names) == {f.name for f in cfg.schema.features
-                                     if f.kind in ("numeric", "categorical", "boolean")} | {PD_COLUMN}
+    ref = build_reference(table, cfg.schema, np.full(500, 0.05), SCORECARD, cfg.monitoring.min_group_size)
+    assert set(ref["features"]) == {f.name for f in cfg.schema.features
+                                    if f.kind in ("numeric", "categorical", "boolean")}
+    text = json.dumps(ref)
+    for column in [*cfg.schema.pii, cfg.schema.id]:
+        assert not any(str(v) in text for v in table.column(column).to_pylist()[:50])
+
+
+@pytest.mark.parametrize("drift", [0.0, 0.5])
+def test_binned_reference_reproduces_raw_row_psi(drift):
+    """PSI per feature, score PSI, mean PD and band shares against the binned reference are
+    those computed from the raw reference rows, except what a group under min_group_size hides."""
+    cfg = load_config(LOCAL_CONFIG)
+    ids = catalog_product_ids(cfg.products.catalog)
+    ref_rows, truth = generate(5000, dt.date(2024, 1, 1), seed=1, product_ids=ids)
+    cur, cur_truth = generate(4000, dt.date(2024, 1, 2), seed=2, product_ids=ids, drift=drift)
+    pd_ref, pd_cur = truth["true_pd"].to_numpy(), cur_truth["true_pd"].to_numpy()
+    ref = build_reference(ref_rows, cfg.schema, pd_ref, SCORECARD, cfg.monitoring.min_group_size)
+    binned = feature_psi(ref, cur, cfg.schema)
+    assert list(binned) == list(ref["features"]) and len(binned) >= 15
+    for f in cfg.schema.features:
+        if f.name in binned:
+            assert binned[f.name] == pytest.approx(raw_psi(ref_rows[f.name], cur[f.name], f.kind == "numeric"),
+                                                   abs=1e-9), f.name
+    assert psi(ref["pd"], pd_cur) == pytest.approx(raw_psi(pa.array(pd_ref), pa.array(pd_cur), True), abs=1e-9)
+    assert ref["pd"]["mean"] == pytest.approx(pd_ref.mean(), rel=1e-12)
+    raw_bands = score_to_band(pd_to_score(pd_ref, SCORECARD), SCORECARD)
+    assert (raw_bands == "B").sum() == 4  # too few to publish: B and the band it was merged with are unknown
+    shares = reference_band_shares(ref, SCORECARD)
+    assert [b for b, v in shares.items() if v is None] == ["B", "C"]
+    assert {b: shares[b] for b in "ADE"} == pytest.approx({b: float(np.mean(raw_bands == b)) for b in "ADE"})
+
+
+def test_numeric_bins_under_min_group_size_are_merged():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=60)  # deciles of 6 rows each
+    dist = numeric_distribution(x, K)
+    assert sum(dist["counts"]) == 60 and all(c >= K for c in dist["counts"])
+    assert set(dist["cuts"]) <= set(np.quantile(x, np.linspace(0, 1, 11)[1:-1]).tolist())
+    assert psi(dist, x) == pytest.approx(0.0)
+    with_nulls = np.append(rng.normal(size=1000), np.full(10, np.nan))
+    assert numeric_distribution(with_nulls, K)["nulls"] == 0  # 10 nulls: too few to publish
+    assert numeric_distribution(np.append(with_nulls, np.full(20, np.nan)), K)["nulls"] == 30
+    tiny = numeric_distribution(np.arange(K - 1), K)  # fewer rows than a group: nothing of them is kept
+    assert tiny == {"kind": "numeric", "cuts": [], "counts": [0], "nulls": 0}
+    assert np.isnan(psi(tiny, np.arange(100)))
+
+
+def test_rare_and_surplus_categories_go_to_other():
+    values = ["a"] * 500 + ["b"] * 300 + ["c"] * 15 + ["d"] * 3
+    dist = categorical_distribution(values + [None] * 5, K)
+    # c + d (18) are too few for "other" alone, so the smallest kept category joins them; 5 nulls are dropped
+    assert dist == {"kind": "categorical", "categories": {"a": 500}, "other": 318, "nulls": 0}
+    assert psi(dist, values) == pytest.approx(0.0)
+    assert psi(dist, ["a"] * 500 + ["c"] * 318) == pytest.approx(0.0, abs=1e-3)  # merged ones count as "other"
+    many = [f"v{i:02d}" for i in range(60) for _ in range(30)]
+    capped = categorical_distribution(many, K, max_categories=50)
+    assert len(capped["categories"]) == 50 and capped["other"] == 300
+    assert categorical_distribution(["x"] * 5, K) == {"kind": "categorical", "categories": {}, "other": 0, "nulls": 0}
+
+
+def test_reference_band_shares_hide_a_small_band_and_need_the_same_scaling():
+    # 5 customers score in band A, 100 in each of B..E
+    pd = np.repeat([1e-4, 1e-3, 1e-2, 0.05, 0.3], [5, 100, 100, 100, 100])
+    assert list(score_to_band(pd_to_score(pd[[0, 5, 105, 205, 305]], SCORECARD), SCORECARD)) == BANDS
+    rows = population(405, seed=1)
+    ref = reference_for(rows, pd)
+    shares = reference_band_shares(ref, SCORECARD)
+    assert shares["A"] is None and shares["B"] is None  # A (5) merged with B: neither is known apart
+    assert shares["C"] == shares["D"] == shares["E"] == pytest.approx(100 / 405)
+    assert reference_band_shares(ref, ScorecardSpec(pdo=30)) is None  # other scores from the same PDs
 
 
 # --------------------------------------------------------------------------- report
@@ -229,9 +345,16 @@ def test_fairness_ratios_relative_to_most_favoured_group():
     age = report["fairness"]["age"]
     assert age["label"] == "Age band"
     assert list(age["groups"]) == ["18–29", "30–49", "50–120", "out of range"]
-    assert sum(g["n"] for g in age["groups"].values()) == 3000
+    # the one customer out of range is suppressed, and with them the smallest other group, which
+    # the overall figures minus the rest would otherwise give away
+    assert age["groups"]["out of range"] == {"n": None, "share": None, "mean_score": None, "score_ratio": None,
+                                             "recommendation_rate": None, "recommendation_ratio": None,
+                                             "band_shares": None, "suppressed": f"n < {K}"}
+    assert age["groups"]["18–29"]["suppressed"] == f"would reveal a group with n < {K}"
+    assert age["groups"]["18–29"]["mean_score"] is None
+    assert sum(g["n"] for g in age["groups"].values() if not g["suppressed"]) < 3000
     for attr in report["fairness"].values():
-        groups = attr["groups"]
+        groups = {name: g for name, g in attr["groups"].items() if not g["suppressed"]}
         for key, favoured in (("score_ratio", attr["favoured"]["score"]),
                               ("recommendation_ratio", attr["favoured"]["recommendation_rate"])):
             assert all(g[key] <= 1.0 + 1e-12 for g in groups.values())
@@ -239,6 +362,24 @@ def test_fairness_ratios_relative_to_most_favoured_group():
         for g in groups.values():
             assert sum(g["band_shares"].values()) == pytest.approx(1.0)
     assert list(report["fairness"]["region"]["groups"]) == ["East", "North", "South"]
+
+
+def test_fairness_suppresses_groups_under_min_group_size(tmp_path):
+    cur = population(1000, seed=2)
+    region = np.array(cur["region"].to_pylist(), dtype=object)
+    region[:2] = "Tiny"  # a group of 2 must never show its outcomes
+    region[2:17], region[17:32] = "Small1", "Small2"  # 15 + 15: suppressed, and together they hide each other
+    cur = cur.set_column(cur.schema.get_field_index("region"), "region", pa.array(region.tolist()))
+    report, reference, pd = report_for(cur, population(1000, seed=1))
+    groups = report["fairness"]["region"]["groups"]
+    assert {name for name, g in groups.items() if g["suppressed"]} == {"Tiny", "Small1", "Small2"}
+    assert all(groups[name]["suppressed"] == f"n < {K}" and groups[name]["mean_score"] is None
+               for name in ("Tiny", "Small1", "Small2"))
+    assert all(g["n"] >= K for g in groups.values() if not g["suppressed"])
+    assert report["fairness"]["region"]["favoured"]["score"] not in ("Tiny", "Small1", "Small2")
+    _, html_path = write_report(report, reference, pd, tmp_path)
+    page = html_path.read_text()
+    assert page.count(f"suppressed (n &lt; {K})") == 3
 
 
 def test_fairness_requires_sensitive_columns():
@@ -262,14 +403,14 @@ def test_trend_from_history_keeps_last_n_dates_and_replaces_rerun_date():
 
 def test_inconsistent_counts_are_rejected():
     cur, ref = population(100, seed=2), population(100, seed=1)
-    reference = build_reference(ref, SCHEMA, proxy_pd(ref))
+    reference = reference_for(ref)
     with pytest.raises(ValueError, match="input_rows"):
         build_report(date="2024-05-02", scores=scores_for(proxy_pd(cur)), quarantine_rows=1, input_rows=100,
                      features=cur, reference=reference, schema=SCHEMA, spec=SPEC, band_names=BANDS, history=[])
 
 
 def test_feature_psi_needs_current_columns():
-    ref = build_reference(population(100, seed=1), SCHEMA, np.full(100, 0.1))
+    ref = reference_for(population(100, seed=1), np.full(100, 0.1))
     with pytest.raises(ValueError, match="income"):
         feature_psi(ref, population(100, seed=2).drop_columns(["income"]), SCHEMA)
 
@@ -340,7 +481,7 @@ def synthetic():
         z = sum((t[c].to_numpy() - m) / s for c, (m, s) in stats.items())
         return 1 / (1 + np.exp(-(-3.0 + 0.5 * z)))
 
-    reference = build_reference(ref_rows, cfg.schema, pd(ref_rows))
+    reference = build_reference(ref_rows, cfg.schema, pd(ref_rows), SCORECARD, cfg.monitoring.min_group_size)
     return cfg, ids, reference, pd
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import LOCAL_CONFIG, REPO
 from nightscore.config import load_config
-from nightscore.nightly import default_date, model_uri
+from nightscore.nightly import default_date, model_uri, pin_model
 
 pytestmark = pytest.mark.slow
 DAY1, DAY2 = dt.date(2026, 11, 20), dt.date(2026, 11, 21)
@@ -29,7 +29,7 @@ def test_nightly_scores_reports_and_alerts_on_drift(tmp_path, tiny_model_dir, ti
     subprocess.run(make + ["--date", str(DAY1), "--seed", "1"], check=True, capture_output=True)
     subprocess.run(make + ["--date", str(DAY2), "--seed", "2", "--drift", "1.0"], check=True, capture_output=True)
     pointer = tmp_path / "APPROVED"
-    pointer.write_text(tiny_model_dir + "\n")
+    pin_model(str(pointer), tiny_model_dir)
 
     r1 = nightly(tmp_path, tiny_backbone, DAY1, f"nightly.model_pointer={pointer}", "nightly.model=null")
     assert r1.returncode == 0, r1.stderr[-3000:]

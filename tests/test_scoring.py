@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ import pytest
 from conftest import LOCAL_CONFIG, REPO, free_port, scoring_config
 from nightscore import partition, storage, synth
 from nightscore.config import load_config
+from nightscore.drills import ENV as FAULT_DRILL
 from nightscore.model import store
-from nightscore.scoring.pipeline import InvariantError, resolve_input, run
+from nightscore.lease import LeaseHeld
+from nightscore.scoring.pipeline import InvariantError, _check, resolve_input, run
 from nightscore.scoring.prepare import valid_rows, write_quarantine
 from nightscore.suitability import inputs_from_table, load_catalog, rule_masks
 from nightscore.validate import InputFileError, conform, preflight, split
@@ -136,9 +139,72 @@ def test_forced_rerun_replaces_atomically(ray_local, tiny_model_dir, snapshot, t
     check_outputs(out, table, cfg)
 
 
-def test_crash_before_commit_leaves_nothing_committed(ray_local, tiny_model_dir, snapshot, tiny_backbone, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_runs_of_one_date_started_together_commit_once(where, ray_local, tiny_model_dir, snapshot, tiny_backbone,
+                                                            tmp_path, request):
+    """A cron run and a manual --force of the same date: the date's lease lets exactly one commit."""
+    root, table = snapshot
+    out = f"s3://{request.getfixturevalue('s3_bucket')}/scores" if where == "s3" else str(tmp_path / "out")
+    cfg = make_cfg(tiny_backbone, "scorecard.reason_codes=false")
+    start, results = threading.Barrier(2), {}
+
+    def go(force: bool) -> None:
+        start.wait()
+        try:
+            results[force] = run(cfg, root, tiny_model_dir, out, DATE, force=force)
+        except LeaseHeld as exc:
+            results[force] = exc
+
+    threads = [threading.Thread(target=go, args=(force,)) for force in (False, True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    committed = [r for r in results.values() if isinstance(r, dict) and not r.get("skipped")]
+    assert len(committed) == 1
+    other = next(r for r in results.values() if r is not committed[0])
+    if isinstance(other, LeaseHeld):  # (else it started after the commit and found the date done)
+        assert committed[0]["run_id"] in str(other) and "is being scored by another run" in str(other)
+    fs, path = storage.filesystem(out)
+    record = partition.manifest(fs, path, DATE)
+    assert record["run_id"] == committed[0]["run_id"]
+    date_dir = partition.date_dir(path, DATE)
+    for kind in partition.KINDS:  # the manifest names only files that exist
+        assert all(storage.exists(fs, storage.join(date_dir, rel)) for rel in record["files"][kind])
+    assert not storage.exists(fs, storage.join(date_dir, "_lease.json"))  # released
+    check_outputs(out, table, cfg, reasons=False)
+
+
+def test_pre_commit_check_compares_id_sets_not_counts(tmp_path):
+    cfg = load_config(LOCAL_CONFIG)
+    fs, _ = storage.filesystem(str(tmp_path))
+
+    def check(inputs, scored, held):
+        staging = tmp_path / f"case{len(list(tmp_path.iterdir()))}" / "date=x" / "run=r"
+        storage.write_parquet(pa.table({"customer_id": pa.array(scored, pa.string())}), fs,
+                              str(staging / "scores" / "p.parquet"))
+        storage.write_parquet(pa.table({cfg.schema.id: pa.array(held, pa.string())}), fs,
+                              str(staging / "quarantine" / "p.parquet"))
+        storage.write_parquet(pa.table({cfg.schema.id: pa.array(inputs, pa.string())}), fs,
+                              str(staging.parent / "in.parquet"))
+        return _check(fs, str(staging), fs, [str(staging.parent / "in.parquet")], cfg, len(inputs))
+
+    assert check(["a", "b", "c", None], ["a", "b"], ["c", None])["null_id_rows"] == 1
+    with pytest.raises(InvariantError, match="in neither scores nor quarantine"):  # same counts, one id swapped
+        check(["a", "b", "c"], ["a", "b", "x"], [])
+    with pytest.raises(InvariantError, match="both scored and quarantined"):
+        check(["a", "b", "c"], ["a", "b"], ["b"])
+    with pytest.raises(InvariantError, match="not in the input"):
+        check(["a", "b", None], ["a", "b"], ["c"])
+    with pytest.raises(InvariantError, match="no customer_id"):  # a null id that was not quarantined as one
+        check(["a", "b", None], ["a"], ["b", "b"])
+
+
+def test_crash_before_commit_leaves_nothing_committed(ray_local, tiny_model_dir, snapshot, tiny_backbone, tmp_path,
+                                                      monkeypatch):
     root, _ = snapshot
-    cfg = make_cfg(tiny_backbone, "score.fail_before_commit=true")
+    monkeypatch.setenv(FAULT_DRILL, "fail_before_commit")
+    cfg = make_cfg(tiny_backbone)
     out = str(tmp_path / "out")
     with pytest.raises(InvariantError, match="before commit"):
         run(cfg, root, tiny_model_dir, out, DATE)
@@ -149,9 +215,11 @@ def test_crash_before_commit_leaves_nothing_committed(ray_local, tiny_model_dir,
         partition.read(out, DATE)
 
 
-def test_inference_actor_killed_mid_run_still_completes(ray_local, tiny_model_dir, snapshot, tiny_backbone, tmp_path):
+def test_inference_actor_killed_mid_run_still_completes(ray_local, tiny_model_dir, snapshot, tiny_backbone, tmp_path,
+                                                        monkeypatch):
     root, table = snapshot
-    cfg = make_cfg(tiny_backbone, "score.kill_actor_after_batches=2", "score.batch_size=64",
+    monkeypatch.setenv(FAULT_DRILL, "kill_actor_after_batches=2")
+    cfg = make_cfg(tiny_backbone, "score.batch_size=64",
                    "scorecard.reason_codes=false")
     record = run(cfg, root, tiny_model_dir, str(tmp_path / "out"), DATE)
     assert record["scored_rows"] + record["quarantined_rows"] == N
@@ -221,6 +289,17 @@ def test_tampered_model_fails_before_scoring(ray_local, tiny_model_dir, snapshot
     (bad / "calibration.json").write_text("{}")  # a file the manifest does not know
     with pytest.raises(store.ModelError, match="not listed in the manifest"):
         run(make_cfg(tiny_backbone), snapshot[0], str(bad), str(tmp_path / "out"), DATE)
+
+
+def test_a_compiled_cache_others_can_write_fails_the_run_naming_it(tiny_model_dir, snapshot, tiny_backbone, tmp_path):
+    cache = tmp_path / "compiled"
+    cache.mkdir()
+    cache.chmod(0o775)  # native code another user could swap in
+    cfg = make_cfg(tiny_backbone, f"score.compiled_cache={cache}", "score.compile=true")
+    with pytest.raises(store.ModelError, match=f"{cache} can be written by other users"):
+        run(cfg, snapshot[0], tiny_model_dir, str(tmp_path / "out"), DATE)
+    fs, path = storage.filesystem(str(tmp_path / "out"))
+    assert partition.manifest(fs, path, DATE) is None
 
 
 def test_s3_input_and_output(ray_local, tiny_model_dir, snapshot, tiny_backbone, s3_bucket):

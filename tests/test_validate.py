@@ -120,3 +120,32 @@ def test_whole_file_failures_name_file_and_column(clean, tmp_path):
         preflight(fs, [str(tmp_path / "no_region.parquet")], SCHEMA)
     with pytest.raises(InputFileError, match="no Parquet files"):
         preflight(fs, [], SCHEMA)
+
+
+@pytest.mark.parametrize("column,secret,typ", [("age", "SECRET-123", pa.string()), ("tenure_months", 12.123, None),
+                                               ("annual_income", "SECRET-123", pa.string())])
+def test_whole_file_errors_name_file_column_and_row_never_the_value(clean, tmp_path, column, secret, typ):
+    """Arrow's cast error quotes the offending cell; ours names where it is (row 7), never what."""
+    values = [str(v) for v in clean.column(column).to_pylist()] if typ == pa.string() \
+        else pc.cast(clean.column(column), pa.float64()).to_pylist()
+    values[7] = secret
+    bad = clean.set_column(clean.schema.get_field_index(column), column, pa.array(values, typ))
+    with pytest.raises(pa.ArrowInvalid, match=str(secret)):  # what the message would say unguarded
+        pc.cast(bad.column(column), clean.schema.field(column).type)
+    pq.write_table(bad, tmp_path / "part-3.parquet")
+    fs, _ = filesystem(str(tmp_path))
+    for raise_it in (lambda: conform(bad, SCHEMA, "part-3.parquet"),
+                     lambda: preflight(fs, [str(tmp_path / "part-3.parquet")], SCHEMA)):
+        with pytest.raises(InputFileError) as err:
+            raise_it()
+        message = str(err.value)
+        assert "part-3.parquet" in message and f"column {column!r}" in message and "row 7 " in message
+        assert str(secret) not in message
+        assert err.value.__suppress_context__  # nor in a chained traceback
+
+
+def test_quarantine_reasons_never_quote_the_value(clean):
+    bad = one_bad(one_bad(clean, "employment_status", "SECRET-123"), "age", 123_456)
+    reasons = split(conform(bad, SCHEMA, "mem"), SCHEMA, DATE).quarantine.column(REASON).to_pylist()
+    assert len(reasons) == 1 and "employment_status" in reasons[0] and "age" in reasons[0]
+    assert "SECRET-123" not in reasons[0] and "123456" not in reasons[0] and "123,456" not in reasons[0]

@@ -21,6 +21,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     default = Path(sys.argv[0]).resolve().parent / "configs" / "local.yaml"  # beside the job script, wherever it runs
     p.add_argument("--config", default=str(default), help="YAML config (default: jobs/configs/local.yaml)")
+    p.add_argument("--verbose", action="store_true", help="show Ray Data's own progress bars and plans")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     return p
 
@@ -28,7 +29,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 def parse(p: argparse.ArgumentParser, argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
     args = p.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, [*args.overrides, *(["ray.verbose=true"] if args.verbose else [])])
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     return args, cfg
@@ -49,6 +50,7 @@ def fail(message: str, code: int) -> None:
 @contextlib.contextmanager
 def clear_errors() -> Iterator[None]:
     """Turn our known failures into one readable line and the documented exit code."""
+    from .lease import LeaseHeld, LeaseLost
     from .model.store import ModelError
     from .storage import StorageError
     from .suitability import CatalogError
@@ -60,7 +62,7 @@ def clear_errors() -> Iterator[None]:
         fail(str(exc), EXIT_USAGE)
     except CatalogError as exc:
         fail(str(exc), EXIT_USAGE)
-    except (InputFileError, ModelError, StorageError) as exc:
+    except (InputFileError, ModelError, StorageError, LeaseHeld, LeaseLost) as exc:
         fail(str(exc), EXIT_FAILED)
     except OSError as exc:  # storage unreachable or refused: pyarrow's and s3fs's messages name the path
         fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)

@@ -198,11 +198,9 @@ class TrainSpec(Strict):
     max_failures: int = 1
     seed: int = 0
     torch_threads: int | None = None  # per worker; default: cpus_per_worker
-    fail_at_epoch: int | None = None  # fault-injection drill: rank 1 dies once at this epoch
 
 
-# Rows per actor from which compiling pays: at 135 vs 177 rows/s per core (bf16 MiniLM, eager vs
-# compiled) a row saves ~1.8 ms, so ~30 s of compilation is won back after ~17,000 rows.
+# Rows per actor from which compiling pays back its ~30 s build (docs/tuning.md has the numbers)
 COMPILE_MIN_ROWS = 20_000
 
 
@@ -213,23 +211,25 @@ class ScoreSpec(Strict):
     # rows per actor call, sorted by text length inside: larger calls pad less
     batch_size: int = Field(default=1024, ge=1)
     # rows per forward pass; on CPU keep a pass's activations inside the last-level cache
-    # (MiniLM on a 32 MB L3: 32 rows ran ~12 % faster than 64)
     micro_batch: int = Field(default=32, ge=1)
     # rows per validation/tokenisation batch (default: batch_size). On CPU, Ray Data fuses
     # preparation into the actor call, so a larger size hands actors uneven shares
     prep_batch_size: int | None = Field(default=None, ge=1)
     precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto: bf16 where the hardware has it (see choose_dtype)
-    onednn: bool = True  # fp32 on CPU: linear layers prepacked for oneDNN (~8-13 % faster than MKL on AVX2)
-    # compile the model: bf16 on an AMX CPU ran 1.4-1.6x eager. On a CPU the compiled package is
-    # built once per model, node and thread count (~15-30 s) and loaded by later runs in ~0.1 s;
+    onednn: bool = True  # fp32 on CPU: linear layers prepacked for oneDNN (faster than MKL's GEMM on AVX2)
+    # compile the model (worth most with bf16 on AMX CPUs). On a CPU the compiled package is
+    # built once per model, node and thread count and loaded by later runs in ~0.1 s;
     # GPU actors JIT-compile each run. "auto": CPU actors that get COMPILE_MIN_ROWS rows or more
     # build the package where it is missing; smaller runs use one already built, else run eager
     compile: bool | Literal["auto"] = "auto"
-    compiled_cache: str | None = None  # where compiled packages are kept; default <tmp>/nightscore-compiled
+    # where compiled packages (native code) are kept: a folder only this user can write, else refused;
+    # default $XDG_CACHE_HOME/nightscore/compiled (~/.cache/nightscore/compiled)
+    compiled_cache: str | None = None
     rows_per_file: int = 200_000
+    # the date's lease lives this long unless renewed (every third of it, while the run lives);
+    # after a crash the next run of the date waits at most this long
+    lease_seconds: float = Field(default=300.0, gt=0)
     torch_threads: int | None = None
-    kill_actor_after_batches: int | None = None  # fault drill: one actor dies once after N batches
-    fail_before_commit: bool = False  # fault drill: stop after writing, before the manifest
 
     @property
     def prep_rows(self) -> int:
@@ -251,6 +251,7 @@ class ScoreSpec(Strict):
 class RaySpec(Strict):
     address: str | None = None  # None: join a running cluster if there is one, else start locally
     num_cpus: int | None = None  # local mode only: logical CPUs to offer (above the core count is fine)
+    verbose: bool = False  # Ray Data's progress bars and execution plans on the console (jobs' --verbose)
 
 
 class S3Spec(Strict):
@@ -283,12 +284,27 @@ class MonitoringSpec(Strict):
     quarantine_alert: float = Field(default=0.05, ge=0, le=1)  # alert when the quarantine rate exceeds this
     history: int = Field(default=30, ge=1)  # dates shown in the trend plots
     sensitive: list[SensitiveSpec] = Field(default_factory=list)
+    # the fewest customers a published group may hold: smaller fairness groups are suppressed, and
+    # smaller bins/categories of the model's reference distributions are merged, so none identifies anyone
+    min_group_size: int = Field(default=20, ge=1)
 
     @model_validator(mode="after")
     def _thresholds(self) -> "MonitoringSpec":
         if self.psi_warn > self.psi_alert:
             raise ValueError(f"psi_warn {self.psi_warn} is above psi_alert {self.psi_alert}")
         return self
+
+
+class BacktestSpec(Strict):
+    """Pass/fail thresholds of the back-test (jobs/backtest.py); a breach exits 3 after the report is written."""
+
+    min_auc: float | None = Field(default=0.6, ge=0, le=1)  # realised default AUC below this fails; None: not checked
+    alpha: float = Field(default=0.05, gt=0, lt=1)  # level of each band's Jeffreys calibration test
+    # "under-estimation": one-sided, as in IRB/ECB validation (only PDs too low fail);
+    # "two-sided": PDs too high fail too (pricing, provisioning)
+    calibration_test: Literal["under-estimation", "two-sided"] = "under-estimation"
+    max_failed_band_share: float = Field(default=0.2, ge=0, le=1)  # of the bands tested, the most that may fail
+    min_coverage: float = Field(default=0.9, ge=0, le=1)  # least share of scored customers with an outcome
 
 
 class NightlySpec(Strict):
@@ -298,7 +314,8 @@ class NightlySpec(Strict):
     output: str  # scores/quarantine root
     reports: str  # monitoring reports root
     model: str | None = None  # model directory URI
-    model_pointer: str | None = None  # file whose content is the approved model's URI
+    # JSON file naming the approved model and pinning its manifest's sha256 (nightly.pin_model writes it)
+    model_pointer: str | None = None
     timezone: str = "UTC"  # "yesterday" is computed in this zone
 
     @model_validator(mode="after")
@@ -324,6 +341,7 @@ class Config(Strict):
     ray: RaySpec = RaySpec()
     storage: StorageSpec = StorageSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    backtest: BacktestSpec = BacktestSpec()
     nightly: NightlySpec | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

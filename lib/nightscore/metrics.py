@@ -2,71 +2,54 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn import metrics as sk
 
 
 def auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC via the rank-sum statistic, ties averaged."""
+    """ROC AUC (scikit-learn); NaN where the labels hold one outcome only."""
     y = np.asarray(y).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    order = np.argsort(score, kind="mergesort")
-    s = np.asarray(score)[order]
-    ranks = np.empty(len(s), dtype=np.float64)
-    # average ranks over ties (vectorised by unique groups)
-    _, start, counts = np.unique(s, return_index=True, return_counts=True)
-    avg = start + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def ks(y: np.ndarray, score: np.ndarray) -> float:
-    """Kolmogorov–Smirnov: largest gap between the bad and good cumulative score distributions."""
-    y = np.asarray(y).astype(bool)
-    if y.all() or (~y).all():
-        return float("nan")
-    order = np.argsort(-np.asarray(score), kind="mergesort")
-    yb = y[order]
-    tpr = np.cumsum(yb) / yb.sum()
-    fpr = np.cumsum(~yb) / (~yb).sum()
-    s = np.asarray(score)[order]
-    last_of_tie = np.r_[s[1:] != s[:-1], True]
-    return float(np.max(np.abs(tpr - fpr)[last_of_tie]))
+    return float(sk.roc_auc_score(y, score))
 
 
 def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y).astype(bool)
-    order = np.argsort(-np.asarray(score), kind="mergesort")
-    yb = y[order]
-    tpr = np.r_[0, np.cumsum(yb) / max(yb.sum(), 1)]
-    fpr = np.r_[0, np.cumsum(~yb) / max((~yb).sum(), 1)]
+    """(false positive rate, true positive rate) at every distinct score (scikit-learn)."""
+    fpr, tpr, _ = sk.roc_curve(np.asarray(y).astype(bool), score, drop_intermediate=False)
     return fpr, tpr
 
 
+def ks(y: np.ndarray, score: np.ndarray) -> float:
+    """Kolmogorov–Smirnov: the largest gap between the bad and good cumulative score
+    distributions, which is max(TPR − FPR) over the ROC's thresholds."""
+    y = np.asarray(y).astype(bool)
+    if y.all() or not y.any():
+        return float("nan")
+    fpr, tpr = roc_curve(y, score)
+    return float(np.max(tpr - fpr))
+
+
 def brier(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.mean((np.asarray(p, dtype=np.float64) - np.asarray(y, dtype=np.float64)) ** 2))
+    return float(sk.brier_score_loss(np.asarray(y).astype(int), p, labels=[0, 1]))
 
 
 def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    y = np.asarray(y, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return float(sk.log_loss(np.asarray(y).astype(int), np.asarray(p, dtype=np.float64), labels=[0, 1]))
 
 
 def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
-    """Mean predicted vs observed default rate per quantile bin of p."""
+    """Mean predicted vs observed default rate per quantile bin of p, with each bin's count: the
+    bins of scikit-learn's calibration_curve(strategy="quantile"), which gives the rates but not
+    the counts ECE weighs by."""
     p = np.asarray(p, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
-    idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
-    out = {"predicted": [], "observed": [], "count": []}
-    for b in range(max(len(edges) - 1, 1)):
-        m = idx == b
-        if m.any():
-            out["predicted"].append(float(p[m].mean()))
-            out["observed"].append(float(y[m].mean()))
-            out["count"].append(int(m.sum()))
-    return out
+    edges = np.percentile(p, np.linspace(0, 100, bins + 1))
+    idx = np.searchsorted(edges[1:-1], p)
+    count = np.bincount(idx, minlength=bins)
+    keep = count > 0
+    return {"predicted": (np.bincount(idx, p, bins)[keep] / count[keep]).tolist(),
+            "observed": (np.bincount(idx, y, bins)[keep] / count[keep]).tolist(),
+            "count": count[keep].tolist()}
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:

@@ -1,11 +1,15 @@
 """Nightly monitoring: is tonight's population, and how we scored it, still like the one the model learned?
 
-The model directory carries a reference sample of raw validation-set features and PDs, so
-PSI can be recomputed with any binning later. Each night is compared against it: score
-and feature PSI, band shares, quarantine rate, recommendation coverage and group
-fairness. Config thresholds turn drift into warn/alert, which the nightly job turns into
-its exit status. The report is JSON for machines plus one self-contained HTML page
-(plots embedded as PNG) for people; it holds aggregates only, never a customer's row.
+The model directory carries the validation population as binned distributions, never its
+rows: per feature the decile cuts and counts (numeric) or the category counts, the PD and
+credit-score distributions, and a PD histogram for the plot. Any group smaller than
+``monitoring.min_group_size`` is merged with a neighbour (or into "other") before it is
+stored, so a model directory can travel between teams without identifying anyone. Each
+night is compared against it: score and feature PSI, band shares, quarantine rate,
+recommendation coverage and group fairness (small groups suppressed). Config thresholds
+turn drift into warn/alert, which the nightly job turns into its exit status. The report is
+JSON for machines plus one self-contained HTML page (plots embedded as PNG) for people; it
+holds aggregates only, never a customer's row.
 """
 from __future__ import annotations
 
@@ -24,10 +28,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from .config import MonitoringSpec, SchemaSpec, ScorecardSpec, SensitiveSpec
-from .scorecard import pd_to_score, score_to_band
+from .scorecard import pd_to_score
 
-REFERENCE_ROWS = 50_000  # plenty for stable decile PSI, small enough to ship with every model
+REFERENCE_FORMAT = 1  # layout of reference.json; a reader refuses any other
 REFERENCE_KINDS = ("numeric", "categorical", "boolean")  # kinds PSI can bin; list and text are skipped
+PSI_BINS = 10  # numeric features, PD and credit score are cut at the reference's deciles
+MAX_CATEGORIES = 50  # categories kept per feature in the reference; the rest share "other"
+PD_PLOT_EDGES = np.geomspace(1e-5, 1.0, 101)  # the PD histogram's grid: 20 bins per decade
+SCALING_KEYS = ("base_score", "base_odds", "pdo", "min_score", "max_score")  # PD -> score
 PD_COLUMN = "pd_12m"
 PSI_EPS = 1e-4  # share given to an empty bin so its log term stays finite
 MISSING = "missing"
@@ -36,16 +44,119 @@ FOUR_FIFTHS = 0.8  # fairness ratios below this are highlighted (the four-fifths
 LEVEL_COLOURS = {"ok": "#2e7d32", "warn": "#ef8f00", "alert": "#c62828"}
 
 ArrayLike = np.ndarray | pa.Array | pa.ChunkedArray | Sequence[Any]
+Distribution = dict[str, Any]  # one variable's binned reference, as stored in reference.json
 
 
-# --------------------------------------------------------------------------- reference
-def build_reference(table: pa.Table, schema: SchemaSpec, pd: np.ndarray, *, max_rows: int = REFERENCE_ROWS,
-                    seed: int = 0) -> pa.Table:
-    """Sample of validation rows to store as the model's ``reference.parquet``.
+# --------------------------------------------------------------------------- distributions
+def _floats(values: ArrayLike) -> np.ndarray:
+    """float64 values with NaN for nulls, from numpy, a sequence or Arrow."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float64)
 
-    Keeps raw values of the binnable features (numeric, categorical, boolean) plus the
-    calibrated PD as ``pd_12m``. Only schema features are selected, and the schema forbids
-    a feature from being the id or a PII column, so neither can leave training this way.
+
+def _strings(values: ArrayLike) -> pa.Array | pa.ChunkedArray:
+    """Values as Arrow strings (booleans read 'true'/'false'), nulls kept, so JSON keys can name them."""
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = pa.array(np.asarray(values, dtype=object), from_pandas=True)
+    return pc.cast(values, pa.string())
+
+
+def _merge_small(counts: np.ndarray, k: int) -> np.ndarray:
+    """First bin of each group after merging adjacent bins until no non-empty bin holds fewer than k rows.
+
+    The smallest such bin joins its smaller non-empty neighbour, with any empty bins between
+    them; empty bins stay apart (a zero describes no one). A bin count is a handful of
+    decile or histogram bins, so the loop is short.
+    """
+    starts, sizes = list(range(len(counts))), [int(c) for c in counts]
+    while True:
+        filled = [i for i, s in enumerate(sizes) if s > 0]
+        small = [i for i in filled if sizes[i] < k]
+        if not small or len(filled) < 2:
+            return np.array(starts, dtype=np.int64)
+        i = min(small, key=sizes.__getitem__)
+        at = filled.index(i)
+        j = min((filled[a] for a in (at - 1, at + 1) if 0 <= a < len(filled)), key=sizes.__getitem__)
+        lo, hi = min(i, j), max(i, j)
+        sizes[lo:hi + 1] = [sum(sizes[lo:hi + 1])]
+        starts[lo:hi + 1] = [starts[lo]]
+
+
+def numeric_distribution(values: ArrayLike, min_group_size: int, extra_cuts: Sequence[float] = ()) -> Distribution:
+    """Decile cuts (plus ``extra_cuts``) of the finite values, the count in each bin, and the null count.
+
+    Bins are (cut[i-1], cut[i]], open-ended at both ends, so a value equal to a cut falls in
+    the bin below it and a point mass (e.g. zero late payments) forms its own bin; duplicate
+    cuts collapse. Bins under ``min_group_size`` are merged (dropping the cut between them),
+    a null group under it is dropped, and fewer finite values than that leave no bins at all.
+    """
+    x = _floats(values)
+    ok = np.isfinite(x)
+    n_nulls = int((~ok).sum())
+    nulls = n_nulls if n_nulls >= min_group_size else 0
+    if ok.sum() < min_group_size:
+        return {"kind": "numeric", "cuts": [], "counts": [0], "nulls": nulls}
+    cuts = np.unique(np.concatenate([np.quantile(x[ok], np.linspace(0, 1, PSI_BINS + 1)[1:-1]),
+                                     np.asarray(extra_cuts, dtype=np.float64)]))
+    counts = np.bincount(np.searchsorted(cuts, x[ok], side="left"), minlength=len(cuts) + 1)
+    starts = _merge_small(counts, min_group_size)
+    return {"kind": "numeric", "cuts": cuts[starts[1:] - 1].tolist(),
+            "counts": np.add.reduceat(counts, starts).tolist(), "nulls": nulls}
+
+
+def categorical_distribution(values: ArrayLike, min_group_size: int,
+                             max_categories: int = MAX_CATEGORIES) -> Distribution:
+    """Count per category (most frequent first), an "other" count and the null count.
+
+    Categories under ``min_group_size`` and beyond the ``max_categories`` most frequent go
+    to "other"; while "other" is non-empty but under ``min_group_size`` the smallest kept
+    category joins it too. A null group under it is dropped, and so is an "other" that stays
+    under it (every category together being that small).
+    """
+    arr = _strings(values)
+    n_nulls = arr.null_count
+    vc = pc.value_counts(pc.drop_null(arr))
+    vc = vc.take(pc.sort_indices(vc, sort_keys=[("counts", "descending"), ("values", "ascending")]))
+    labels, counts = vc.field("values").to_pylist(), vc.field("counts").to_numpy(zero_copy_only=False)
+    kept = min(max_categories, int((counts >= min_group_size).sum()))  # a prefix: most frequent first
+    while kept and 0 < counts[kept:].sum() < min_group_size:
+        kept -= 1
+    other = int(counts[kept:].sum())
+    return {"kind": "categorical", "categories": dict(zip(labels[:kept], counts[:kept].tolist())),
+            "other": other if other >= min_group_size else 0,
+            "nulls": n_nulls if n_nulls >= min_group_size else 0}
+
+
+def histogram(values: ArrayLike, edges: np.ndarray, min_group_size: int) -> Distribution:
+    """Counts on fixed ``edges`` (values outside clipped into the end bins), small bins merged.
+
+    The edges are a fixed grid, not quantiles, so they carry nothing about any customer.
+    """
+    x = _floats(values)
+    x = x[np.isfinite(x)]
+    counts = np.histogram(np.clip(x, edges[0], edges[-1]), bins=edges)[0]
+    if counts.sum() < min_group_size:
+        return {"edges": [float(edges[0]), float(edges[-1])], "counts": [0]}
+    starts = _merge_small(counts, min_group_size)
+    return {"edges": np.append(edges[starts], edges[-1]).tolist(), "counts": np.add.reduceat(counts, starts).tolist()}
+
+
+def _scaling(scorecard: ScorecardSpec) -> dict[str, float]:
+    return {k: getattr(scorecard, k) for k in SCALING_KEYS}
+
+
+def build_reference(table: pa.Table, schema: SchemaSpec, pd: np.ndarray, scorecard: ScorecardSpec,
+                    min_group_size: int) -> dict[str, Any]:
+    """The model's ``reference.json``: the validation population as binned distributions.
+
+    ``features``: one distribution per binnable schema feature (numeric, categorical,
+    boolean; booleans as categories 'true'/'false'). ``pd``: the calibrated PDs' deciles and
+    mean; ``pd_histogram``: PDs on a fixed log grid for the report's plot; ``credit_score``:
+    the scores' deciles plus the scorecard's band cut-offs (so band shares can be read off),
+    with the scaling that turned PDs into scores. Only schema features are read, and the
+    schema forbids a feature from being the id or a PII column. Every non-empty group holds
+    at least ``min_group_size`` rows.
     """
     pd = np.asarray(pd, dtype=np.float64)
     if pd.shape != (table.num_rows,):
@@ -54,20 +165,25 @@ def build_reference(table: pa.Table, schema: SchemaSpec, pd: np.ndarray, *, max_
     missing = [n for n in names if n not in table.column_names]
     if missing:
         raise ValueError(f"reference table lacks feature columns {missing}")
-    rows = np.arange(table.num_rows)
-    if table.num_rows > max_rows:
-        rows = np.sort(np.random.default_rng(seed).choice(table.num_rows, max_rows, replace=False))
-    return table.select(names).take(pa.array(rows)).append_column(PD_COLUMN, pa.array(pd[rows]))
+    k = min_group_size
+    features = {f.name: numeric_distribution(table.column(f.name), k) if f.kind == "numeric"
+                else categorical_distribution(table.column(f.name), k)
+                for f in schema.features if f.name in names}
+    finite = pd[np.isfinite(pd)]
+    band_cuts = [b.min_score - 0.5 for b in scorecard.bands[:-1]]  # integer scores: a cut just below each minimum
+    return {
+        "format": REFERENCE_FORMAT,
+        "rows": table.num_rows,
+        "min_group_size": k,
+        "features": features,
+        "pd": {**numeric_distribution(pd, k), "mean": _mean(finite) if len(finite) >= k else None},
+        "pd_histogram": histogram(finite, PD_PLOT_EDGES, k),
+        "credit_score": {**numeric_distribution(pd_to_score(finite, scorecard), k, band_cuts),
+                         "scaling": _scaling(scorecard)},
+    }
 
 
 # --------------------------------------------------------------------------- PSI
-def _floats(values: ArrayLike) -> np.ndarray:
-    """float64 values with NaN for nulls, from numpy, a sequence or Arrow."""
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
-    return np.asarray(values, dtype=np.float64)
-
-
 def _psi(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
     """PSI of two count vectors over the same bins; NaN when either side is empty."""
     n_ref, n_cur = ref_counts.sum(), cur_counts.sum()
@@ -78,51 +194,63 @@ def _psi(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def psi_numeric(ref: ArrayLike, cur: ArrayLike, bins: int = 10) -> float:
-    """PSI over the reference's quantile bins, with nulls (and non-finite values) as a bin of their own.
+def psi(reference: Distribution, current: ArrayLike) -> float:
+    """PSI of current values over a reference distribution's bins, nulls (and non-finite numbers) a bin of their own.
 
-    Duplicate quantile edges collapse, and a value equal to an edge falls in the bin below
-    it, so a point mass (e.g. zero late payments) forms its own bin rather than being split
-    arbitrarily. Bins are open-ended, so current values beyond the reference range count.
+    Numeric bins are open-ended, so current values beyond the reference range count; a
+    category the reference does not list (never seen, or merged as rare) counts as "other".
     """
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
-    r, c = _floats(ref), _floats(cur)
-    r_ok, c_ok = np.isfinite(r), np.isfinite(c)
-    cuts = np.unique(np.quantile(r[r_ok], np.linspace(0, 1, bins + 1)[1:-1])) if r_ok.any() else np.empty(0)
-
-    def counts(x: np.ndarray, ok: np.ndarray) -> np.ndarray:
-        binned = np.bincount(np.searchsorted(cuts, x[ok], side="left"), minlength=len(cuts) + 1)
-        return np.append(binned, (~ok).sum()).astype(np.float64)
-
-    return _psi(counts(r, r_ok), counts(c, c_ok))
-
-
-def _category_counts(values: ArrayLike) -> dict[Any, int]:
-    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(
-        np.asarray(values, dtype=object), from_pandas=True)
-    return {row["values"]: row["counts"] for row in pc.value_counts(arr).to_pylist()}
-
-
-def psi_categorical(ref: ArrayLike, cur: ArrayLike) -> float:
-    """PSI over every category seen on either side, null being a category of its own."""
-    r, c = _category_counts(ref), _category_counts(cur)
-    keys = list(r.keys() | c.keys())
-    return _psi(np.array([r.get(k, 0) for k in keys], dtype=np.float64),
-                np.array([c.get(k, 0) for k in keys], dtype=np.float64))
+    if reference["kind"] == "numeric":
+        x = _floats(current)
+        ok = np.isfinite(x)
+        cuts = np.asarray(reference["cuts"], dtype=np.float64)
+        cur = np.bincount(np.searchsorted(cuts, x[ok], side="left"), minlength=len(cuts) + 1)
+        ref = reference["counts"]
+        nulls = (~ok).sum()
+    else:
+        arr = _strings(current)
+        labels = pa.array(list(reference["categories"]), pa.string())
+        at = pc.fill_null(pc.index_in(arr, value_set=labels), len(labels)).to_numpy(zero_copy_only=False)
+        nulls = arr.null_count
+        cur = np.bincount(at, minlength=len(labels) + 1)
+        cur[-1] -= nulls  # index_in gives nulls no index either: they are not "other"
+        ref = [*reference["categories"].values(), reference["other"]]
+    return _psi(np.append(ref, reference["nulls"]).astype(np.float64), np.append(cur, nulls).astype(np.float64))
 
 
-def feature_psi(reference: pa.Table, current: pa.Table, schema: SchemaSpec, bins: int = 10) -> dict[str, float]:
-    """PSI per schema feature held in the reference, in schema order (numeric: quantile bins)."""
+def feature_psi(reference: dict[str, Any], current: pa.Table, schema: SchemaSpec) -> dict[str, float]:
+    """PSI per schema feature held in the reference, in schema order."""
     out: dict[str, float] = {}
     for f in schema.features:
-        if f.kind not in REFERENCE_KINDS or f.name not in reference.column_names:
+        if f.name not in reference["features"]:
             continue
         if f.name not in current.column_names:
             raise ValueError(f"current population lacks feature column {f.name!r}")
-        ref, cur = reference.column(f.name), current.column(f.name)
-        out[f.name] = psi_numeric(ref, cur, bins) if f.kind == "numeric" else psi_categorical(ref, cur)
+        out[f.name] = psi(reference["features"][f.name], current.column(f.name))
     return out
+
+
+def reference_band_shares(reference: dict[str, Any], scorecard: ScorecardSpec) -> dict[str, float | None] | None:
+    """The reference's share of each band under ``scorecard``, read off its credit-score bins.
+
+    None for a band whose edge fell inside a merged bin (a neighbouring band under
+    min_group_size), and None as a whole when the scorecard's PD-to-score scaling is not
+    the one the reference was scored with.
+    """
+    dist = reference["credit_score"]
+    counts = np.asarray(dist["counts"], dtype=np.float64)
+    if dist["scaling"] != _scaling(scorecard) or counts.sum() == 0:
+        return None
+    cuts = np.asarray(dist["cuts"], dtype=np.float64)
+    lo, hi = np.append(-np.inf, cuts), np.append(cuts, np.inf)  # bin i holds (lo[i], hi[i]]
+    mins = [b.min_score - 0.5 for b in scorecard.bands[:-1]] + [-np.inf]
+    maxs = [np.inf] + mins[:-1]
+    shares: dict[str, float | None] = {}
+    for band, b_lo, b_hi in zip(scorecard.bands, mins, maxs):
+        inside = (lo >= b_lo) & (hi <= b_hi)
+        clear = inside | (hi <= b_lo) | (lo >= b_hi) | (counts == 0)
+        shares[band.name] = float(counts[inside].sum() / counts.sum()) if clear.all() else None
+    return shares
 
 
 # --------------------------------------------------------------------------- report
@@ -171,20 +299,44 @@ def _groups(s: SensitiveSpec, column: pa.ChunkedArray) -> tuple[np.ndarray, list
     return out, [str(n) for n in names] + [MISSING]
 
 
+def _suppressed(n: np.ndarray, k: int) -> np.ndarray:
+    """Groups (by size ``n``) not to publish: those with 1..k-1 customers, and, when those add
+    up to fewer than k, the next smallest groups too, so the published totals cannot give a
+    small group's outcomes away by subtraction."""
+    hidden = (n > 0) & (n < k)
+    for g in np.argsort(n, kind="stable"):
+        if not 0 < n[hidden].sum() < k:
+            break
+        hidden[g] |= n[g] > 0
+    return hidden
+
+
 def _fairness(s: SensitiveSpec, column: pa.ChunkedArray, score: np.ndarray, bands: np.ndarray,
-              has_rec: np.ndarray, band_names: list[str]) -> dict[str, Any]:
-    """Per-group outcomes and their ratio to the most favoured group (highest mean score / rec. rate)."""
+              has_rec: np.ndarray, band_names: list[str], min_group_size: int) -> dict[str, Any]:
+    """Per-group outcomes and their ratio to the most favoured group (highest mean score / rec. rate).
+
+    A group under ``min_group_size`` (and any group that would give it away) is listed with
+    its outcomes withheld and the reason in ``suppressed``; it is never the favoured group.
+    """
     codes, names = _groups(s, column)
     k = len(names)
     n = np.bincount(codes, minlength=k)
     score_mean = np.bincount(codes, weights=score, minlength=k) / np.maximum(n, 1)
     rec_rate = np.bincount(codes, weights=has_rec.astype(np.float64), minlength=k) / np.maximum(n, 1)
     band_counts = {b: np.bincount(codes, weights=(bands == b).astype(np.float64), minlength=k) for b in band_names}
-    present = [g for g in range(k) if n[g] > 0]  # empty groups have no outcome to compare
-    best_score = max((score_mean[g] for g in present), default=0.0)
-    best_rec = max((rec_rate[g] for g in present), default=0.0)
-    groups = {
-        names[g]: {
+    hidden = _suppressed(n, min_group_size)
+    shown = [g for g in range(k) if n[g] > 0 and not hidden[g]]  # empty groups have no outcome to compare
+    best_score = max((score_mean[g] for g in shown), default=0.0)
+    best_rec = max((rec_rate[g] for g in shown), default=0.0)
+    withheld = dict.fromkeys(("n", "share", "mean_score", "score_ratio", "recommendation_rate",
+                              "recommendation_ratio", "band_shares"))
+    groups: dict[str, dict[str, Any]] = {}
+    for g in np.flatnonzero(n):
+        if hidden[g]:
+            groups[names[g]] = {**withheld, "suppressed": f"n < {min_group_size}" if n[g] < min_group_size
+                                else f"would reveal a group with n < {min_group_size}"}
+            continue
+        groups[names[g]] = {
             "n": int(n[g]),
             "share": float(n[g] / len(codes)),
             "mean_score": float(score_mean[g]),
@@ -192,12 +344,11 @@ def _fairness(s: SensitiveSpec, column: pa.ChunkedArray, score: np.ndarray, band
             "recommendation_rate": float(rec_rate[g]),
             "recommendation_ratio": float(rec_rate[g] / best_rec) if best_rec > 0 else float("nan"),
             "band_shares": {b: float(band_counts[b][g] / n[g]) for b in band_names},
+            "suppressed": None,
         }
-        for g in present
-    }
     favoured = {
-        "score": names[max(present, key=lambda g: score_mean[g])] if present else None,
-        "recommendation_rate": names[max(present, key=lambda g: rec_rate[g])] if present else None,
+        "score": names[max(shown, key=lambda g: score_mean[g])] if shown else None,
+        "recommendation_rate": names[max(shown, key=lambda g: rec_rate[g])] if shown else None,
     }
     return {"label": s.label or s.column, "groups": groups, "favoured": favoured}
 
@@ -247,14 +398,15 @@ def _jsonable(x: Any) -> Any:
 
 
 def build_report(*, date: str, scores: pa.Table, quarantine_rows: int, input_rows: int, features: pa.Table,
-                 reference: pa.Table, schema: SchemaSpec, spec: MonitoringSpec, band_names: list[str],
+                 reference: dict[str, Any], schema: SchemaSpec, spec: MonitoringSpec, band_names: list[str],
                  history: list[dict[str, Any]], scorecard: ScorecardSpec | None = None) -> dict[str, Any]:
     """One date's monitoring report as a JSON-ready dict (undefined values are None).
 
     ``scores`` needs pd_12m, credit_score, risk_band and recommendations; ``features`` holds
     the same rows, in the same order, with the feature and sensitive columns (PII removed).
-    ``history`` holds earlier reports, for the trend. With ``scorecard``, the reference PDs
-    are banded with today's cut-offs, so band shares can be compared with the reference.
+    ``reference`` is the model's reference.json (see build_reference). ``history`` holds
+    earlier reports, for the trend. With ``scorecard``, the reference's credit-score bins are
+    banded with today's cut-offs, so band shares can be compared with the reference.
     """
     scored_rows = scores.num_rows
     if input_rows != scored_rows + quarantine_rows:
@@ -266,20 +418,15 @@ def build_report(*, date: str, scores: pa.Table, quarantine_rows: int, input_row
         raise ValueError(f"monitoring.sensitive columns {absent} are not in the scored rows' features")
 
     pd_cur = _floats(scores.column(PD_COLUMN))
-    pd_ref = _floats(reference.column(PD_COLUMN))
     score = _floats(scores.column("credit_score"))
     bands = pc.cast(scores.column("risk_band"), pa.string()).to_numpy(zero_copy_only=False)
     n_recs = pc.fill_null(pc.list_value_length(scores.column("recommendations")), 0).to_numpy(zero_copy_only=False)
     has_rec = n_recs > 0
     quarantine_rate = quarantine_rows / input_rows if input_rows else 0.0
-    score_psi = psi_numeric(pd_ref, pd_cur)
+    score_psi = psi(reference["pd"], pd_cur)
     feat_psi = feature_psi(reference, features, schema)
     alerts = _alerts(score_psi, feat_psi, quarantine_rate, spec)
     levels = {a["level"] for a in alerts}
-    ref_bands = None
-    if scorecard is not None:
-        finite = pd_ref[np.isfinite(pd_ref)]
-        ref_bands = _shares(score_to_band(pd_to_score(finite, scorecard), scorecard), band_names)
 
     report: dict[str, Any] = {
         "date": date,
@@ -289,19 +436,20 @@ def build_report(*, date: str, scores: pa.Table, quarantine_rows: int, input_row
         "quarantined_rows": quarantine_rows,
         "quarantine_rate": quarantine_rate,
         "mean_pd": _mean(pd_cur),
-        "reference_mean_pd": _mean(pd_ref),
-        "reference_rows": reference.num_rows,
+        "reference_mean_pd": reference["pd"]["mean"],
+        "reference_rows": reference["rows"],
         "score": _score_summary(score),
         "band_shares": _shares(bands, band_names),
-        "reference_band_shares": ref_bands,
+        "reference_band_shares": reference_band_shares(reference, scorecard) if scorecard else None,
         "score_psi": score_psi,
         "feature_psi": feat_psi,
         "recommendation_coverage": _mean(has_rec),
         "mean_recommendations": _mean(n_recs),
-        "fairness": {s.column: _fairness(s, features.column(s.column), score, bands, has_rec, band_names)
+        "fairness": {s.column: _fairness(s, features.column(s.column), score, bands, has_rec, band_names,
+                                         spec.min_group_size)
                      for s in spec.sensitive},
         "thresholds": {"psi_warn": spec.psi_warn, "psi_alert": spec.psi_alert,
-                       "quarantine_alert": spec.quarantine_alert},
+                       "quarantine_alert": spec.quarantine_alert, "min_group_size": spec.min_group_size},
         "alerts": alerts,
     }
     report["trend"] = _trend(date, report, history, spec.history)
@@ -328,22 +476,27 @@ def _band_colours(n: int) -> list[Any]:
     return [cmap(0.1 + 0.8 * i / max(n - 1, 1)) for i in range(n)]
 
 
-def _plot_pd(ref_pd: np.ndarray, cur_pd: np.ndarray, report: dict[str, Any]) -> Figure:
-    """Overlaid PD histograms on a log axis (PDs are skewed towards small values)."""
+def _plot_pd(ref_hist: Distribution, cur_pd: np.ndarray, report: dict[str, Any]) -> Figure:
+    """PD histograms on a log axis (PDs are skewed towards small values): the reference on its
+    stored bins, today's on the full grid.
+
+    The reference's bins are that grid with small bins merged, so heights are shares per
+    decade of PD: a merged, wider bin is not drawn taller for being wide.
+    """
     fig = Figure(figsize=(8, 4))
     ax = fig.add_subplot()
-    r, c = ref_pd[np.isfinite(ref_pd)], cur_pd[np.isfinite(cur_pd)]
-    both = np.concatenate([r, c])
-    positive = both[both > 0]
-    if len(positive):
-        lo, hi = max(positive.min(), 1e-5), max(min(both.max(), 1.0), max(positive.min(), 1e-5) * 10)
-        edges = np.geomspace(lo, hi, 41)
-        for values, kwargs in ((r, {"color": "#9e9e9e", "alpha": 0.6, "label": f"Reference (n={len(r):,})"}),
-                               (c, {"histtype": "step", "linewidth": 2, "color": "#1565c0",
-                                    "label": f"{report['date']} (n={len(c):,})"})):
-            if len(values):
-                ax.hist(np.clip(values, lo, hi), bins=edges, weights=np.full(len(values), 1 / len(values)), **kwargs)
+    c = cur_pd[np.isfinite(cur_pd)]
+    sides = [(np.asarray(ref_hist["edges"], dtype=np.float64), np.asarray(ref_hist["counts"], dtype=np.float64),
+              {"fill": True, "color": "#9e9e9e", "alpha": 0.6, "label": f"Reference (n={sum(ref_hist['counts']):,})"}),
+             (PD_PLOT_EDGES, np.histogram(np.clip(c, PD_PLOT_EDGES[0], PD_PLOT_EDGES[-1]), bins=PD_PLOT_EDGES)[0],
+              {"linewidth": 2, "color": "#1565c0", "label": f"{report['date']} (n={len(c):,})"})]
+    spans = [(edges[i[0]], edges[i[-1] + 1]) for edges, counts, _ in sides if len(i := np.flatnonzero(counts))]
+    if spans:
+        for edges, counts, kwargs in sides:
+            if counts.sum():
+                ax.stairs(counts / counts.sum() / np.diff(np.log10(edges)), edges, **kwargs)
         ax.set_xscale("log")
+        ax.set_xlim(min(lo for lo, _ in spans), max(hi for _, hi in spans))
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log range
         ax.legend()
     else:
@@ -351,7 +504,7 @@ def _plot_pd(ref_pd: np.ndarray, cur_pd: np.ndarray, report: dict[str, Any]) -> 
     psi = report["score_psi"]
     ax.set_title(f"12-month PD distribution: current vs reference (score PSI {_fmt(psi, '.3f')})")
     ax.set_xlabel("12-month probability of default (log scale)")
-    ax.set_ylabel("Share of customers")
+    ax.set_ylabel("Share of customers per decade of PD")
     return fig
 
 
@@ -380,7 +533,8 @@ def _plot_psi(report: dict[str, Any]) -> Figure:
 
 
 def _plot_bands(report: dict[str, Any]) -> Figure:
-    """Band shares today, beside the reference population's when known."""
+    """Band shares today, beside the reference population's when known ('merged' where the
+    reference cannot tell a band from a neighbour under min_group_size)."""
     fig = Figure(figsize=(8, 4))
     ax = fig.add_subplot()
     names = list(report["band_shares"])
@@ -388,7 +542,8 @@ def _plot_bands(report: dict[str, Any]) -> Figure:
     ref = report["reference_band_shares"]
     width = 0.4 if ref else 0.6
     if ref:
-        ax.bar(x - width / 2, [ref[b] for b in names], width, color="#9e9e9e", label="Reference")
+        ref_bars = ax.bar(x - width / 2, [ref[b] or 0.0 for b in names], width, color="#9e9e9e", label="Reference")
+        ax.bar_label(ref_bars, labels=["" if ref[b] is not None else "merged" for b in names], fontsize=8)
     cur = ax.bar(x + (width / 2 if ref else 0), [report["band_shares"][b] for b in names], width, color="#1565c0",
                  label=report["date"])
     ax.bar_label(cur, labels=[f"{report['band_shares'][b]:.1%}" for b in names], fontsize=8)
@@ -481,12 +636,17 @@ def _ratio_class(ratio: float | None) -> str:
 def _fairness_html(report: dict[str, Any]) -> str:
     if not report["fairness"]:
         return '<p class="note">No sensitive attributes configured (monitoring.sensitive).</p>'
+    k = report["thresholds"]["min_group_size"]
     parts = [f'<p class="note">Ratios compare each group with the most favoured group (ratio 1); ratios below '
-             f'{FOUR_FIFTHS:g} (the four-fifths rule of thumb) are highlighted.</p>']
+             f'{FOUR_FIFTHS:g} (the four-fifths rule of thumb) are highlighted. Groups of fewer than {k} customers '
+             f'are suppressed, with the next smallest group where the other figures would give them away.</p>']
     bands = list(report["band_shares"])
     for attr in report["fairness"].values():
         rows = []
         for name, g in attr["groups"].items():
+            if g["suppressed"]:
+                rows.append([(name, ""), (f"suppressed ({g['suppressed']})", "note")] + [("", "")] * (5 + len(bands)))
+                continue
             rows.append([(name, ""), (f"{g['n']:,}", ""), (_fmt(g["share"], ".1%"), ""),
                          (_fmt(g["mean_score"], ".1f"), ""),
                          (_fmt(g["score_ratio"], ".3f"), _ratio_class(g["score_ratio"])),
@@ -499,7 +659,7 @@ def _fairness_html(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def render_html(report: dict[str, Any], reference: pa.Table, scores_pd: ArrayLike) -> str:
+def render_html(report: dict[str, Any], reference: dict[str, Any], scores_pd: ArrayLike) -> str:
     """The report as one self-contained page: inline CSS, plots as data-URI PNGs, no external links."""
     status = report["status"]
     s = report["score"]
@@ -519,7 +679,7 @@ def render_html(report: dict[str, Any], reference: pa.Table, scores_pd: ArrayLik
     alerts = (_table(["Metric", "Value", "Threshold", "Level"], alert_rows) if alert_rows
               else '<p class="note">No threshold crossed.</p>')
     plots = [
-        _img(_png(_plot_pd(_floats(reference.column(PD_COLUMN)), _floats(scores_pd), report)), "PD histogram"),
+        _img(_png(_plot_pd(reference["pd_histogram"], _floats(scores_pd), report)), "PD histogram"),
         _img(_png(_plot_psi(report)), "PSI per feature"),
         _img(_png(_plot_bands(report)), "Risk band shares"),
         _img(_png(_plot_trend(report)), "Trends over recent dates"),
@@ -543,7 +703,7 @@ alert {report['thresholds']['psi_alert']:g}; quarantine alert {report['threshold
 """
 
 
-def write_report(report: dict[str, Any], reference: pa.Table, scores_pd: np.ndarray,
+def write_report(report: dict[str, Any], reference: dict[str, Any], scores_pd: np.ndarray,
                  out_dir: Path) -> tuple[Path, Path]:
     """Write ``report.json`` (strict JSON) and the self-contained ``report.html``; return both paths."""
     out_dir = Path(out_dir)

@@ -10,8 +10,10 @@ A run writes only inside its own `run=<run_id>/` folder (its staging area), chec
 invariants, then publishes by writing the manifest, which names the run and lists its
 files. Writing one small object is atomic on local disk (rename) and on S3 (single PUT),
 so a reader sees the old partition or the new one, never a mix; a folder whose run no
-manifest names is not committed and readers ignore it. Superseded and crashed runs'
-folders are deleted after a commit.
+manifest names is not committed and readers ignore it. A run stages and commits while it
+holds the date's lease (`lease`, `<root>/date=…/_lease.json`), so no other live run writes
+under the date when it commits, and the superseded and crashed runs' folders it then
+deletes belong to no live run.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def manifest(fs: pafs.FileSystem, root: str, date: dt.date) -> dict[str, Any] | 
 
 
 def commit(fs: pafs.FileSystem, root: str, date: dt.date, record: dict[str, Any]) -> None:
-    """Publish a run: write the manifest (atomic), then remove every other run's folder."""
+    """Publish a run (its caller holds the date's lease): write the manifest (atomic), then
+    remove every other run's folder."""
     storage.write_json_atomic(record, fs, storage.join(date_dir(root, date), MANIFEST))
     keep = f"run={record['run_id']}"
     for info in fs.get_file_info(pafs.FileSelector(date_dir(root, date))):

@@ -1,9 +1,10 @@
 """Arrow batch -> (valid rows, quarantined rows + reason), vectorised with pyarrow.compute.
 
 Two kinds of failure: a whole-file problem (unreadable, missing required column, a
-column that cannot be cast to its configured type) raises `InputFileError` naming file
-and column, before anything is written; a row problem sends that row to quarantine
-with a readable reason. `valid + quarantined == input`, always.
+column that cannot be cast to its configured type) raises `InputFileError` naming file,
+column and row, before anything is written; a row problem sends that row to quarantine
+with a readable reason. Neither message ever quotes a cell's value (it may be personal
+data). `valid + quarantined == input`, always.
 
 Quarantine keeps every input column unchanged except PII columns, which are dropped,
 and free-text columns, which are scrubbed: no PII value may reach any output.
@@ -46,7 +47,8 @@ def conform(table: pa.Table, schema: SchemaSpec, source: str, with_labels: bool 
     """Check required columns exist and cast them to their configured types.
 
     Raises InputFileError naming `source` and the column when a column is missing or
-    cannot be cast as a whole (e.g. text in a numeric column).
+    cannot be cast as a whole (e.g. text in a numeric column), with the first row (counted
+    from the start of `table`) that does not convert, never its value.
     """
     wanted = required_columns(schema, with_labels)
     missing = [c for c in wanted if c not in table.column_names]
@@ -60,14 +62,35 @@ def conform(table: pa.Table, schema: SchemaSpec, source: str, with_labels: bool 
 
 
 def _cast_column(col: pa.ChunkedArray, typ: pa.DataType, name: str, source: str) -> pa.ChunkedArray:
+    """The column cast to `typ`, or InputFileError naming source, column and the first bad row.
+
+    Arrow's own message quotes the offending value, and an input value may be personal
+    data, so the message is ours and names where the value is, never what it is.
+    """
+    if pa.types.is_dictionary(col.type):
+        col = pc.cast(col, col.type.value_type)
     try:
-        if pa.types.is_dictionary(col.type):
-            col = pc.cast(col, col.type.value_type)
         return pc.cast(col, typ, safe=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+    except pa.ArrowNotImplementedError:
+        raise InputFileError(f"{source}: column {name!r} has type {col.type}, which cannot be read as {typ}") from None
+    except pa.ArrowInvalid:
         raise InputFileError(
-            f"{source}: column {name!r} has type {col.type}, which cannot be read as {typ} ({exc})"
+            f"{source}: column {name!r} has type {col.type}, which cannot be read as {typ}: row "
+            f"{_first_uncastable(col, typ)} (0-based) holds a value that does not convert (value not shown)"
         ) from None
+
+
+def _first_uncastable(col: pa.ChunkedArray, typ: pa.DataType) -> int:
+    """Index of the first value that fails to cast, by halving the rows (about log2(n) casts)."""
+    lo, hi = 0, len(col)  # the first failure lies in [lo, hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            pc.cast(col.slice(lo, mid - lo), typ, safe=True)
+            lo = mid
+        except pa.ArrowInvalid:
+            hi = mid
+    return lo
 
 
 def _mask(x: pa.ChunkedArray | pa.Array) -> np.ndarray:

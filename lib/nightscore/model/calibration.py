@@ -7,49 +7,27 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
 
-def fit_platt(logits: np.ndarray, y: np.ndarray, iters: int = 100) -> dict[str, Any]:
-    """Logistic regression of y on the raw logit (Newton's method, Platt's smoothed targets)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    n_pos, n_neg = y.sum(), len(y) - y.sum()
-    t = np.where(y > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    a, b = 1.0, 0.0
-    X = np.stack([logits, np.ones_like(logits)], axis=1)
-    for _ in range(iters):
-        p = _sigmoid(a * logits + b)
-        grad = X.T @ (p - t)
-        w = p * (1 - p) + 1e-12
-        hess = (X * w[:, None]).T @ X + 1e-9 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
-            break
-    return {"method": "platt", "a": float(a), "b": float(b)}
+def fit_platt(logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Platt scaling: an unpenalised logistic regression of y on the raw logit (scikit-learn)."""
+    lr = LogisticRegression(C=np.inf).fit(np.asarray(logits, dtype=np.float64).reshape(-1, 1), np.asarray(y) > 0.5)
+    return {"method": "platt", "a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
 
 
 def fit_isotonic(logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Pool-adjacent-violators on the logit order; applied by linear interpolation."""
-    order = np.argsort(logits, kind="stable")
-    x = np.asarray(logits, dtype=np.float64)[order]
-    v = np.asarray(y, dtype=np.float64)[order]
-    vals, weights, xs = [], [], []
-    for xi, vi in zip(x, v):
-        vals.append(vi)
-        weights.append(1.0)
-        xs.append(xi)
-        while len(vals) > 1 and vals[-2] > vals[-1]:
-            w = weights[-2] + weights[-1]
-            vals[-2] = (vals[-2] * weights[-2] + vals[-1] * weights[-1]) / w
-            weights[-2] = w
-            vals.pop(), weights.pop(), xs.pop()  # merged block keeps its first x
-    eps = 1e-4
-    return {"method": "isotonic", "x": [float(a) for a in xs], "y": [float(min(max(b, eps), 1 - eps)) for b in vals]}
+    """Isotonic regression on the logit (scikit-learn), stored as its thresholds: applying it is
+    linear interpolation between them, clipped at the ends, exactly as IsotonicRegression.predict."""
+    eps = 1e-4  # a PD of exactly 0 or 1 is never credible
+    iso = IsotonicRegression(y_min=eps, y_max=1 - eps, out_of_bounds="clip")
+    iso.fit(np.asarray(logits, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    return {"method": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
 
 
 def fit(method: str, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:

@@ -1,24 +1,27 @@
 """The model directory: write it with a sha256 manifest, verify it, load it.
 
-A model directory holds only safetensors, JSON, YAML, text and Parquet files. Loading
+A model directory holds only safetensors, JSON, YAML and text files (aggregates, never a
+customer's row: monitoring's reference is binned distributions). Loading
 verifies every file against `manifest.json` first, refuses pickle-format files, and
-never enables remote code.
+never enables remote code. Remote directories are copied into this user's private cache
+(`cache_root`), whole and verified, or not at all.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import importlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import yaml
 
 from .. import storage
@@ -35,6 +38,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib",
 BACKBONE_DIR = "backbone"
 HEADS_FILE = "heads.safetensors"
 META_FILE = "model.json"
+REFERENCE_FILE = "reference.json"  # monitoring.build_reference's distributions
+RAW_REFERENCE_FILE = "reference.parquet"  # raw validation rows, in models exported before reference.json
 
 
 class ModelError(Exception):
@@ -64,20 +69,77 @@ def resolve_backbone(ref: str, s3: S3Spec | None = None) -> str:
         raise ModelError(f"backbone {ref!r} is not a local directory and could not be fetched from the hub: {exc}") from None
 
 
-def download_dir(uri: str, s3: S3Spec | None = None, dest: str | None = None) -> str:
-    """Copy a remote directory to a local one (cached by URI) and return its path."""
+def download_dir(uri: str, s3: S3Spec | None = None) -> str:
+    """Local copy of a remote directory, downloaded once per node into this user's cache (keyed by URI)."""
+    dest = private_dir(cache_root() / "backbones") / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    with _locked(dest.parent):
+        if not dest.exists():
+            _download(uri, s3, dest)
+    return str(dest)
+
+
+# --------------------------------------------------------------------------- private caches
+def check_private(path: Path) -> None:
+    """Refuse a folder another user could write: what is verified (or compiled) in it could be
+    swapped after the check. It (and a symlink to it) must be owned by this user and not be
+    group- or other-writable."""
+    uid = os.getuid()
+    link, target = os.lstat(path), os.stat(path)
+    if link.st_uid != uid or target.st_uid != uid:
+        raise ModelError(f"{path} is not owned by this user: refusing to use it as a cache")
+    if target.st_mode & 0o022:
+        raise ModelError(f"{path} can be written by other users (mode {target.st_mode & 0o777:o}): "
+                         "refusing to use it as a cache; make it private (chmod 700) or remove it")
+
+
+def private_dir(path: Path) -> Path:
+    """`path`, created (mode 0700) where missing and checked by check_private."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private(path)
+    return path
+
+
+def cache_root() -> Path:
+    """This user's nightscore caches (models, backbones, compiled): $XDG_CACHE_HOME/nightscore,
+    by default ~/.cache/nightscore; never a shared temporary folder. Each is a private_dir."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nightscore"
+
+
+@contextlib.contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    """Hold the cache folder's lock: one process at a time downloads or heals in it (the
+    kernel releases the lock of a process that dies)."""
+    fd = os.open(cache, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _download(uri: str, s3: S3Spec | None, dest: Path, check: Callable[[Path], Any] = lambda _: None) -> None:
+    """Copy a remote directory into a private folder beside `dest`, `check` it, then rename it
+    into place, so `dest` is never a partial copy. Call with the cache's lock held: the hidden
+    folders there are then downloads a crashed process left behind, and are removed."""
+    for stale in dest.parent.glob(".*"):
+        shutil.rmtree(stale, ignore_errors=True)
     fs, root = storage.filesystem(uri, s3)
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    dest = dest or os.path.join(tempfile.gettempdir(), "nightscore-cache", key)
-    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-        if info.type != pafs.FileType.File:
-            continue
-        rel = info.path[len(root):].lstrip("/")
-        target = Path(dest) / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(info.path) as src, open(target, "wb") as out:
-            out.write(src.read())
-    return dest
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+            if info.type != pafs.FileType.File:
+                continue
+            rel = info.path[len(root):].lstrip("/")
+            if ".." in rel.split("/"):
+                raise ModelError(f"{uri}: refusing {rel}: its key leads out of the directory")
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        check(staging)
+        os.rename(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -103,25 +165,27 @@ def write_manifest(root: Path, extra: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def verify(root: Path) -> dict[str, Any]:
-    """Check every file against the manifest; raise ModelError naming the first problem."""
+def verify(root: Path, name: str | None = None) -> dict[str, Any]:
+    """Check every file against the manifest; raise ModelError naming the first problem (and
+    the directory as `name`, by default its path)."""
     mpath = root / MANIFEST
+    root_name = name or str(root)
     if not mpath.exists():
-        raise ModelError(f"{root}: no {MANIFEST}; not a complete model directory")
+        raise ModelError(f"{root_name}: no {MANIFEST}; not a complete model directory")
     manifest = json.loads(mpath.read_text())
     present = _files(root)
     unsafe = [f for f in present if f.endswith(PICKLE_SUFFIXES)]
     if unsafe:
-        raise ModelError(f"{root}: pickle-format files are not loaded: {unsafe}")
+        raise ModelError(f"{root_name}: pickle-format files are not loaded: {unsafe}")
     extra = sorted(set(present) - set(manifest["files"]))
     if extra:
-        raise ModelError(f"{root}: files not listed in the manifest: {extra}")
+        raise ModelError(f"{root_name}: files not listed in the manifest: {extra}")
     for rel, digest in manifest["files"].items():
         path = root / rel
         if not path.exists():
-            raise ModelError(f"{root}: {rel} is listed in the manifest but missing")
+            raise ModelError(f"{root_name}: {rel} is listed in the manifest but missing")
         if sha256_file(path) != digest:
-            raise ModelError(f"{root}: sha256 of {rel} does not match the manifest (file changed or corrupted)")
+            raise ModelError(f"{root_name}: sha256 of {rel} does not match the manifest (file changed or corrupted)")
     return manifest
 
 
@@ -129,7 +193,7 @@ def verify(root: Path) -> dict[str, Any]:
 def save(out_uri: str, *, state_dict: dict[str, torch.Tensor], base_backbone: str, tokenizer_dir: str,
          encoders: Encoders, product_ids: list[str], calibration: dict[str, Any] | None, config: Config,
          catalog_yaml: str, metrics: dict[str, Any], training: dict[str, Any],
-         reference: pa.Table | None = None, s3: S3Spec | None = None) -> dict[str, Any]:
+         reference: dict[str, Any] | None = None, s3: S3Spec | None = None) -> dict[str, Any]:
     """Write a complete model directory to `out_uri` (local or s3://); manifest last."""
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -166,8 +230,8 @@ def save(out_uri: str, *, state_dict: dict[str, torch.Tensor], base_backbone: st
         (root / "catalog.yaml").write_text(catalog_yaml)
         (root / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         (root / "training.json").write_text(json.dumps(training, indent=2, default=str))
-        if reference is not None:  # monitoring's reference population (features + PDs, no ids or PII)
-            pq.write_table(reference, root / "reference.parquet")
+        if reference is not None:  # monitoring's reference population: binned distributions, no rows
+            (root / REFERENCE_FILE).write_text(json.dumps(reference, indent=1, allow_nan=False))
         manifest = write_manifest(root, {"version": version, "created": now.isoformat(),
                                          "weights_sha256": weights_sha})
         upload_dir(root, out_uri, s3)
@@ -203,21 +267,55 @@ class LoadedModel:
         return self.meta["version"]
 
 
+def manifest_sha256(uri: str, s3: S3Spec | None = None) -> str:
+    """sha256 of a model directory's manifest.json, which lists every file's sha256: it names
+    the directory's exact content."""
+    fs, root = storage.filesystem(uri, s3)
+    if not storage.exists(fs, f"{root}/{MANIFEST}"):
+        raise ModelError(f"{uri}: no {MANIFEST}; not a complete model directory")
+    with fs.open_input_stream(f"{root}/{MANIFEST}") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def fetch(uri: str, s3: S3Spec | None = None) -> Path:
-    """Local, verified copy of a model directory."""
-    if storage.is_s3(uri):
-        fs, root = storage.filesystem(uri, s3)
-        if not storage.exists(fs, f"{root}/{MANIFEST}"):
-            raise ModelError(f"{uri}: no {MANIFEST}; not a complete model directory")
-        manifest = storage.read_json(fs, f"{root}/{MANIFEST}")
-        local = Path(tempfile.gettempdir()) / "nightscore-models" / manifest["version"]
-        if not (local / MANIFEST).exists():
-            download_dir(uri, s3, str(local))
-    else:
+    """Local, verified copy of a model directory.
+
+    An s3:// model is cached in this user's private cache under its manifest's sha256. A cached
+    copy that fails verification (a crashed download, a damaged disk) is removed and downloaded
+    again, once: a second failure means the remote directory itself does not match its manifest.
+    """
+    if not storage.is_s3(uri):
         local = Path(uri).expanduser()
         if not local.is_dir():
             raise ModelError(f"model directory {uri} does not exist")
-    verify(local)
+        verify(local)
+        return local
+    digest = manifest_sha256(uri, s3)
+    local = private_dir(cache_root() / "models") / digest
+
+    def check(copy: Path) -> None:
+        if not (copy / MANIFEST).is_file() or sha256_file(copy / MANIFEST) != digest:
+            raise ModelError(f"{uri} (copy in {local}): {MANIFEST} is missing or not the one at {uri}")
+        verify(copy, f"{uri} (copy in {local})")
+
+    try:  # the usual case: verified without waiting for other processes
+        check(local)
+        return local
+    except (ModelError, OSError):  # missing, damaged, or being healed by another process
+        pass
+    with _locked(local.parent):
+        if local.exists():  # damaged, or placed by another process while this one checked
+            try:
+                check(local)
+                return local
+            except ModelError as err:
+                print(f"[model] cached copy failed verification, downloading it again: {err}", flush=True)
+                shutil.rmtree(local)
+        try:
+            _download(uri, s3, local, check)
+        except ModelError as err:
+            raise ModelError(f"{err}; it was downloaded just now, so the model directory itself does not "
+                             "match its manifest: restore or re-export it") from None
     return local
 
 
@@ -229,6 +327,27 @@ def load_meta(root: Path) -> dict[str, Any]:
         raise ModelError(f"{root}: model format {found}; this nightscore reads format {FORMAT} (features as "
                          "tokens): retrain the model with jobs/train.py")
     return meta
+
+
+def load_reference(root: Path) -> dict[str, Any] | None:
+    """Monitoring's reference distributions, or None for a model without them (a products-only model).
+
+    A model exported before them carries raw validation rows (reference.parquet) instead;
+    those are not read: such a model fails here, naming the fix.
+    """
+    from ..monitoring import REFERENCE_FORMAT
+
+    if not (root / REFERENCE_FILE).exists():
+        if (root / RAW_REFERENCE_FILE).exists():
+            raise ModelError(f"{root}: model format with raw reference rows ({RAW_REFERENCE_FILE}); this nightscore "
+                             f"reads binned reference distributions ({REFERENCE_FILE}): retrain the model with "
+                             "jobs/train.py")
+        return None
+    reference = json.loads((root / REFERENCE_FILE).read_text())
+    if reference.get("format") != REFERENCE_FORMAT:
+        raise ModelError(f"{root}: {REFERENCE_FILE} has format {reference.get('format')}; this nightscore reads "
+                         f"format {REFERENCE_FORMAT}: retrain the model with jobs/train.py")
+    return reference
 
 
 def load_encoders(root: Path) -> Encoders:

@@ -4,8 +4,9 @@ then loaded by every later actor in a fraction of a second.
 A JIT torch.compile costs each actor ~12 s on every run (Inductor cannot cache a graph that holds
 oneDNN-prepacked weights). The package holds prepacked oneDNN linears, fused layer norms and GELUs,
 and attention as batched matmuls (see bmm_attention), so a nightly run pays the compilation on its
-first night on a node only. The package is built here, from the verified model, into a local
-cache; its files' sha256 are recorded beside it and checked before every load.
+first night on a node only. The package is built here, from the verified model, into a cache
+folder only this user can write (the package is native code the actors load); its file's sha256
+is recorded beside it and checked before every load.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 import zipfile
@@ -27,16 +27,12 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from ..model.store import LoadedModel, sha256_file
+from ..model.store import LoadedModel, cache_root, check_private, private_dir, sha256_file
 from .inference import swap_linears
 
 FORMAT = 3  # bump when what a package holds changes
 HEADS = ("default_logit", "product_logits")
 UNUSED_DAYS = 14  # a package no run has loaded for this long is removed when another is built
-
-
-def default_cache() -> str:
-    return str(Path(tempfile.gettempdir()) / "nightscore-compiled")
 
 
 class LowPrecisionLinear(nn.Module):
@@ -63,10 +59,9 @@ def bmm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
     """Attention for inference on a CPU as three steps Inductor compiles well: scores by baddbmm
     (the additive mask folded into the GEMM), softmax in fp32, then bmm with the values.
 
-    PyTorch's CPU flash kernel is slow at a small model's shape: at MiniLM's (32 rows x 12 heads x
-    120 tokens, head dimension 32, bf16, 2 threads) it ran 46-63 GFLOP/s and this, compiled, 96-104;
-    attention was 28 % of the compiled model's time, and the whole model ran 1.08-1.15 x as fast
-    with the same outputs to bf16 rounding (bench/RESULTS.md). A Hugging Face attention function:
+    PyTorch's CPU flash kernel is slow at a small model's shapes (few tokens, head dimension 32);
+    compiled, these three steps run about twice as fast, with the same outputs to bf16 rounding.
+    A Hugging Face attention function:
     (batch, heads, tokens, head dim) in, (batch, tokens, heads, head dim) out.
     """
     b, h, q, d = query.shape
@@ -132,7 +127,7 @@ def build(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, length: int
     example = (torch.ones(rows, length, hidden), torch.ones(rows, length, dtype=torch.long))
     dims = {0: torch.export.Dim("rows", min=1, max=1 << 16), 1: torch.export.Dim("length", min=2, max=length)}
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
+    staging.mkdir(mode=0o700)
     try:
         with torch.no_grad():  # Inductor freezes (and so prepacks) weights in inference graphs only
             program = torch.export.export(_Heads(model, heads_of(loaded)), example, dynamic_shapes=(dims, dims))
@@ -155,13 +150,16 @@ def build(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, length: int
 
 
 def load(target: Path, heads: list[str]) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
-    """The package's forward, after checking its file against the recorded sha256.
+    """The package's forward, after checking it and its cache are private folders (check_private)
+    and its file against the recorded sha256.
 
     The runtime copies the weights into one malloc'd block that glibc aligns to 16 bytes, not to
-    the 64 oneDNN's AMX kernels read in: the linear layers ran ~2 x slower and the model 0.75 x
-    (bench/RESULTS.md). The weights are therefore copied once more, into aligned tensors, and
+    the 64 oneDNN's AMX kernels read in, which slows the linear layers several-fold. The weights
+    are therefore copied once more, into aligned tensors, and
     handed back to the runtime, which then frees its own block.
     """
+    for folder in (target.parent, target):
+        check_private(folder)
     record = json.loads((target / "package.json").read_text())
     if sha256_file(target / "model.so") != record["model.so"]:
         raise ValueError(f"{target / 'model.so'} does not match its recorded sha256")
@@ -179,12 +177,19 @@ def load(target: Path, heads: list[str]) -> Callable[[torch.Tensor, torch.Tensor
     return forward
 
 
+def cache_folder(cache: str | None) -> Path:
+    """Where compiled packages live: score.compiled_cache, by default <cache_root>/compiled."""
+    return Path(cache).expanduser() if cache else cache_root() / "compiled"
+
+
 def compiled_forward(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, length: int,
                      cache: str | None = None, build_missing: bool = True,
                      ) -> tuple[Callable[..., dict[str, torch.Tensor]] | None, bool]:
-    """The model's compiled forward from the cache, built first if missing or damaged (else None).
-    Returns (forward, whether it was built now)."""
-    target = package_dir(loaded, dtype, cache or default_cache())
+    """The model's compiled forward from the cache (default: <cache_root>/compiled), built first if
+    missing or damaged (else None). Returns (forward, whether it was built now). A cache folder
+    other users can write is refused (ModelError)."""
+    folder = cache_folder(cache)
+    target = package_dir(loaded, dtype, str(folder))
     if (target / "package.json").exists():
         try:
             forward = load(target, heads_of(loaded))
@@ -196,7 +201,7 @@ def compiled_forward(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, 
             shutil.rmtree(target, ignore_errors=True)
     if not build_missing:
         return None, False
-    for name in prune(target.parent):
+    for name in prune(private_dir(folder)):
         print(f"[score] removed compiled package {name}: unused for {UNUSED_DAYS} days", flush=True)
     build(loaded, dtype, rows, length, target)
     return load(target, heads_of(loaded)), True

@@ -20,7 +20,7 @@ from torch import nn
 from ..model import calibration
 from ..model.features import null_inputs, text_lengths, to_tensors
 from ..model.network import CreditModel
-from ..model.store import LoadedModel
+from ..model.store import LoadedModel, ModelError
 
 
 @dataclass
@@ -91,9 +91,8 @@ class _PackedLinearFn(torch.autograd.Function):
 class PackedLinear(nn.Module):
     """An nn.Linear whose weight is also kept in oneDNN's blocked layout, packed once at load.
 
-    On an AVX2 CPU, MKL's fp32 GEMM reached 45-57 GFLOP/s per core on MiniLM's layer shapes
-    (3,936 x 384 by 384 or 1,536) and the prepacked oneDNN kernel 60-62; the model ran 8 %
-    (1 thread) to 13 % (2 threads) faster with the same outputs to ~1e-7 (bench/RESULTS.md).
+    On AVX2 CPUs the prepacked oneDNN kernel beats MKL's fp32 GEMM at a small model's layer
+    shapes, with the same outputs to ~1e-7.
     """
 
     def __init__(self, linear: nn.Linear, rows_hint: int):
@@ -131,12 +130,10 @@ def keep_heap() -> bool:
     the OS, so the next forward does not fault them in again. Returns whether it applied.
 
     glibc serves blocks over its mmap threshold with fresh pages and trims the heap's free top,
-    so a forward can pay a page fault per 4 KiB of each large activation. A fresh process running
-    compiled bf16 MiniLM took ~12,000 faults per 32-row micro-batch, and none after this. What
-    it is worth depends on how the heap happens to lie: on 12,000 rows end to end, eager actors
-    ran 1.06 x as fast; compiled actors, and the benchmark's raw process, showed no change
-    (bench/RESULTS.md). Blocks up to 32 MiB (a 32 x 128 x 1,536 fp32 activation is 25 MiB) stay
-    in the heap, which then holds its peak size: the RSS the run reached anyway. glibc only.
+    so a forward can pay a page fault per 4 KiB of each large activation; with this, none. What
+    it is worth depends on how the heap happens to lie. Blocks up to 32 MiB (a 32 x 128 x 1,536
+    fp32 activation is 25 MiB) stay in the heap, which then holds its peak size: the RSS the run
+    reached anyway. glibc only.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -182,7 +179,7 @@ class Predictor:
         self.dtype: torch.dtype | None = None
         self.encode: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] = self.model.encode
         # the reason-code pass on a CPU runs plain attention: PyTorch's CPU flash-attention
-        # backward took ~12x its forward (bench/RESULTS.md, reason codes)
+        # backward is many times slower than its forward
         self.grad_attention: str | None = "eager" if self.device.type == "cpu" else None
         self._ready = False
 
@@ -219,6 +216,8 @@ class Predictor:
             forward, built = aot.compiled_forward(self.loaded, self.dtype, self.micro_batch,
                                                   self.loaded.config.model.max_length, self.compiled_cache,
                                                   build_missing=build)
+        except ModelError:  # an unsafe cache folder: refuse, never fall back around a security check
+            raise
         except Exception as err:  # export covers most, not all, Hugging Face backbones
             print(f"[score] no compiled package ({type(err).__name__}: {str(err)[:200]}); "
                   f"{'JIT-compiling' if build else 'eager'} instead", flush=True)
@@ -320,8 +319,7 @@ def compiled(model: nn.Module) -> Callable[..., dict[str, torch.Tensor]]:
     """The model JIT-compiled by TorchInductor, for GPUs and for CPU backbones that will not
     export (CPUs otherwise load the cached package, see aot): weights frozen as constants (so
     prepacked for oneDNN / AMX once), layer norms, GELUs and residual adds fused, one graph for
-    every batch shape. bf16 MiniLM on an AMX CPU ran 1.4-1.6x its eager speed; compiling costs
-    ~12 s per process and run (bench/RESULTS.md)."""
+    every batch shape. Compiling costs seconds per process and run, so it pays on long runs."""
     import torch._dynamo.config as dynamo
     import torch._inductor.config as inductor
 

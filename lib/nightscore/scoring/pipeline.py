@@ -14,9 +14,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from .. import partition, storage
+from .. import lease, partition, storage
 from ..cluster import init_ray
 from ..config import Config, ConfigError
+from ..drills import drill
 from ..model import store
 from ..schema import model_features
 from ..suitability import load_catalog
 from ..validate import InputFileError, preflight
+from . import aot
 from .prepare import valid_rows, write_quarantine
 
 
@@ -48,7 +52,7 @@ class ScoringActor:
     """Holds one verified model copy; turns token batches into finished score rows."""
 
     def __init__(self, model_uri: str, cfg: dict[str, Any], run_id: str, compile: bool | str,
-                 fail_marker: str | None = None):
+                 kill_after_batches: int | None = None, fail_marker: str | None = None, progress: Any = None):
         started = time.perf_counter()
         import torch
 
@@ -68,7 +72,8 @@ class ScoringActor:
         self.product_index = np.array([loaded.meta["product_ids"].index(p) for p in self.catalog.ids], dtype=np.int64) \
             if loaded.meta["product_ids"] else np.zeros(0, dtype=np.int64)
         self.run_id = run_id
-        self.fail_marker = fail_marker
+        self.kill_after_batches, self.fail_marker = kill_after_batches, fail_marker
+        self.progress = progress
         self.batches = 0
         print(f"[score] actor ready in {time.perf_counter() - started:.1f} s (model {self.version}, "
               f"{KERNELS[compile]})", flush=True)
@@ -84,17 +89,48 @@ class ScoringActor:
         reasons = reasons_for(preds, self.model_cfg, self.cfg, batch.num_rows)
         if self.batches == 1:
             print(f"[score] first batch: {batch.num_rows} rows in {time.perf_counter() - started:.1f} s", flush=True)
+        if self.progress is not None:
+            self.progress.add.remote(batch.num_rows)  # fire and forget: one small call per batch
         return scores_table(batch, cfg=self.cfg, catalog=self.catalog, product_index=self.product_index,
                             pd=preds.pd, propensity=preds.propensity, reasons=reasons,
                             model_version=self.version, run_id=self.run_id)
 
     def _fault_drill(self) -> None:
-        """score.kill_actor_after_batches: this actor process dies once, to prove restarts work."""
+        """The kill_actor_after_batches drill (see drills): this actor process dies once, to prove restarts work."""
         self.batches += 1
-        after = self.cfg.score.kill_actor_after_batches
+        after = self.kill_after_batches
         if after is not None and self.batches > after and self.fail_marker and not Path(self.fail_marker).exists():
             Path(self.fail_marker).write_text("inference actor killed by fault drill\n")
             os._exit(1)
+
+
+class RowCounter:
+    """Rows scored so far over all actors (a Ray actor), for the driver's progress line."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+
+    def total(self) -> int:
+        return self.rows
+
+
+def report_progress(counter: Any, input_rows: int, stop: threading.Event, every: float = 30.0) -> None:
+    """One line every `every` seconds while scoring runs: rows done, rows/s and time left (quarantined
+    rows are never scored, so a run ends a little short of the input count)."""
+    import ray
+
+    started = time.perf_counter()
+    while not stop.wait(every):
+        done = ray.get(counter.total.remote())
+        rate = done / (time.perf_counter() - started)
+        seconds = (input_rows - done) / rate if rate > 0 else float("inf")
+        left = ("finishing" if done >= input_rows else f"about {seconds / 60:.0f} min left" if seconds >= 120
+                else f"about {seconds:.0f} s left")
+        print(f"[score] {done:,} of {input_rows:,} rows ({done / max(input_rows, 1):.0%}), {rate:.0f} rows/s, {left}",
+              flush=True)
 
 
 def resolve_input(uri: str, date: dt.date, s3) -> tuple[Any, str, list[str]]:
@@ -125,60 +161,105 @@ def resolve_input(uri: str, date: dt.date, s3) -> tuple[Any, str, list[str]]:
 
 
 def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.date,
-        force: bool = False) -> dict[str, Any]:
-    """Score one date and commit it. Returns the manifest (or the existing one when skipped)."""
-    import ray.data
+        force: bool = False, wait: float = 0.0) -> dict[str, Any]:
+    """Score one date and commit it. Returns the manifest (or the existing one when skipped).
 
+    The date's lease is held from before the committed-check until after the commit, so two
+    runs of one date (a cron retry and a manual --force) never interleave: the second exits
+    naming the first, or waits up to `wait` seconds for it.
+    """
     started = dt.datetime.now(dt.timezone.utc)
     out_fs, out_root = storage.filesystem(output_uri, cfg.storage.s3)
     existing = partition.manifest(out_fs, out_root, date)
-    if existing and not force:
+    if existing and not force:  # done already: no lease needed to say so
         return {**existing, "skipped": True}
+    inputs = _checked_inputs(cfg, input_uri, model_uri, date)  # a bad model or file fails before any write
+    run_id = f"{date:%Y%m%d}-{started:%H%M%S}-{uuid.uuid4().hex[:8]}"
+    with lease.held(out_fs, partition.date_dir(out_root, date), run_id, cfg.score.lease_seconds, wait,
+                    cfg.storage.s3) as held:
+        existing = partition.manifest(out_fs, out_root, date)  # a run we waited for may have committed it
+        if existing and not force:
+            return {**existing, "skipped": True}
+        record = _score(cfg, model_uri, inputs, out_fs, out_root, date, run_id, started)
+        held.check()  # still ours: no other run can have started on this date meanwhile
+        partition.commit(out_fs, out_root, date, record)
+    return record
 
+
+@dataclass
+class Inputs:
+    """What a run checks before it takes the date's lease or writes anything."""
+    model_dir: Path
+    meta: dict[str, Any]
+    model_cfg: Config
+    fs: Any
+    path: str
+    files: list[str]
+    duplicate_ids: Any
+    rows: int
+    seconds: float
+
+
+def _checked_inputs(cfg: Config, input_uri: str, model_uri: str, date: dt.date) -> Inputs:
+    """Verify the model (hashes, products, schema, compiled cache) and preflight the input files."""
+    started = time.perf_counter()
+    model_dir = store.fetch(model_uri, cfg.storage.s3)
+    meta = store.load_meta(model_dir)
+    model_cfg = store.load_config(model_dir)
+    catalog = load_catalog(cfg.products.catalog, cfg.storage.s3)
+    missing = sorted(set(catalog.ids) - set(meta["product_ids"])) if meta["product_ids"] else []
+    if missing:
+        raise store.ModelError(f"catalog products {missing} are unknown to model {meta['version']}; retrain first")
+    check_schema(cfg, model_cfg)
+    compiled = aot.cache_folder(cfg.score.compiled_cache)
+    if cfg.score.compile is not False and compiled.exists():  # refuse an unsafe cache here, in one line,
+        store.check_private(compiled)                         # not from inside every actor
+    in_fs, in_path, files = resolve_input(input_uri, date, cfg.storage.s3)
+    dups = preflight(in_fs, files, cfg.schema)  # whole-file problems stop here
+    rows = sum(pq.ParquetFile(f, filesystem=in_fs).metadata.num_rows for f in files)
+    return Inputs(model_dir, meta, model_cfg, in_fs, in_path, files, dups, rows, time.perf_counter() - started)
+
+
+def _score(cfg: Config, model_uri: str, inputs: Inputs, out_fs, out_root: str, date: dt.date, run_id: str,
+           started: dt.datetime) -> dict[str, Any]:
+    """Write this run's scores and quarantine into its own folder and check them; returns the manifest."""
+    import ray.data
+
+    model_dir, loaded_meta, model_cfg = inputs.model_dir, inputs.meta, inputs.model_cfg
+    in_fs, in_path, files, dups, input_rows = inputs.fs, inputs.path, inputs.files, inputs.duplicate_ids, inputs.rows
+    phases: dict[str, float] = {"verify_and_preflight": round(inputs.seconds, 2)}
     clock = time.perf_counter()
-    phases: dict[str, float] = {}
 
     def lap(name: str) -> None:
         nonlocal clock
         phases[name], clock = round(time.perf_counter() - clock, 2), time.perf_counter()
 
-    model_dir = store.fetch(model_uri, cfg.storage.s3)  # verify hashes before any work
-    loaded_meta = store.load_meta(model_dir)
-    model_cfg = store.load_config(model_dir)
-    catalog = load_catalog(cfg.products.catalog, cfg.storage.s3)
-    missing = sorted(set(catalog.ids) - set(loaded_meta["product_ids"])) if loaded_meta["product_ids"] else []
-    if missing:
-        raise store.ModelError(f"catalog products {missing} are unknown to model {loaded_meta['version']}; retrain first")
-    check_schema(cfg, model_cfg)
-    in_fs, in_path, files = resolve_input(input_uri, date, cfg.storage.s3)
-    dups = preflight(in_fs, files, cfg.schema)  # whole-file problems stop here, before any write
-    input_rows = sum(pq.ParquetFile(f, filesystem=in_fs).metadata.num_rows for f in files)
-
-    run_id = f"{date:%Y%m%d}-{started:%H%M%S}-{uuid.uuid4().hex[:8]}"
     staging = partition.run_dir(out_root, date, run_id)
-    lap("verify_and_preflight")
     init_ray(cfg.ray)
     lap("ray_start")
     s = cfg.score
     quarantine = ThreadPoolExecutor(1, thread_name_prefix="quarantine").submit(
         write_quarantine, in_fs, files, cfg, model_cfg, str(model_dir), date, dups, out_fs,
         storage.join(staging, "quarantine"))
-    drill = (str(Path(tempfile.gettempdir()) / f"nightscore-fault-drill-{run_id}")
-             if s.kill_actor_after_batches is not None else None)
+    kill_after = drill("kill_actor_after_batches")
+    marker = (str(Path(tempfile.gettempdir()) / f"nightscore-fault-drill-{run_id}")
+             if kill_after is not None else None)
     # Blocks of at most batch_size x max_length x 6 bytes: a prepared row holds ~6 bytes per
     # token, so a prepared block is about one actor call. Where Ray Data fuses preparation into
     # the actor (one CPU, no GPU per actor) the cap applies to the raw blocks read instead (a few
     # thousand rows each for the synthetic schema), and prep_rows bundles share them out. Either
     # way actors start on the first rows read, and each has work even when the snapshot is a few
-    # small files, which Ray Data would otherwise read as one block. (Raw blocks of ~1,000 rows,
-    # from a 256 KiB floor, gave the first output ~20 s sooner on 200,000 rows but a steady
-    # state of 0.967 x raw against 0.98-0.99: bench/RESULTS.md, sixth run.)
+    # small files, which Ray Data would otherwise read as one block. (Smaller raw blocks start
+    # sooner but cost steady-state speed: docs/tuning.md.)
     data_ctx = ray.data.DataContext.get_current()
     saved = data_ctx.target_max_block_size, data_ctx.use_datasource_v2
     data_ctx.target_max_block_size = max(1 << 20, s.batch_size * model_cfg.model.max_length * 6)
     # Ray's V2 Parquet reader starts a pool of footer-reading actors (~14 CPU-seconds on a
     # laptop); preflight has already read every footer, so the V1 reader's plan is enough.
     data_ctx.use_datasource_v2 = False
+    progress = ray.remote(num_cpus=0)(RowCounter).remote()
+    stop = threading.Event()
+    threading.Thread(target=report_progress, args=(progress, input_rows, stop), daemon=True).start()
     try:
         ray.data.read_parquet(files, filesystem=in_fs, include_paths=True).map_batches(
             valid_rows, batch_format="pyarrow", batch_size=s.prep_rows,
@@ -187,13 +268,14 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
             ScoringActor, batch_format="pyarrow", batch_size=s.batch_size,
             fn_constructor_kwargs=dict(model_uri=str(model_dir) if not storage.is_s3(model_uri) else model_uri,
                                        cfg=cfg.to_dict(), run_id=run_id, compile=s.compiles(input_rows / s.num_actors),
-                                       fail_marker=drill),
+                                       kill_after_batches=kill_after, fail_marker=marker, progress=progress),
             compute=ray.data.ActorPoolStrategy(size=s.num_actors),
             # Ray Data restarts a lost actor and retries its tasks unless told otherwise
             num_cpus=s.cpus_per_actor, num_gpus=s.gpus_per_actor or None,
         ).write_parquet(storage.join(staging, "scores"), filesystem=out_fs, min_rows_per_file=s.rows_per_file)
     finally:
         data_ctx.target_max_block_size, data_ctx.use_datasource_v2 = saved
+        stop.set()
         counts = quarantine.result()  # its error, if any, is raised here; nothing is committed either way
     lap("scoring")
     if counts.summary():
@@ -209,9 +291,8 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
         "rows_per_s": round(input_rows / max((finished - started).total_seconds(), 1e-9), 2),
         "phase_seconds": phases, "input_counts": counts.as_dict(),
     })
-    if s.fail_before_commit:
-        raise InvariantError("fault drill: stopping before commit (score.fail_before_commit)")
-    partition.commit(out_fs, out_root, date, record)
+    if drill("fail_before_commit"):
+        raise InvariantError("fault drill: stopping before commit (fail_before_commit)")
     return record
 
 
@@ -226,7 +307,9 @@ def check_schema(cfg: Config, model_cfg: Config) -> None:
 
 
 def _check(out_fs, staging: str, in_fs, files: list[str], cfg: Config, input_rows: int) -> dict[str, Any]:
-    """Pre-commit invariants: counts add up, every input id lands exactly once."""
+    """Pre-commit invariants: the counts add up, and the set of input ids equals the set of scored
+    ∪ quarantined ids, none in both (an id changed on the way through fails, not just a lost one);
+    rows without an id are all quarantined and counted."""
     rel: dict[str, list[str]] = {}
     tables = {}
     date_dir = staging.rsplit("/", 1)[0]
@@ -240,16 +323,34 @@ def _check(out_fs, staging: str, in_fs, files: list[str], cfg: Config, input_row
     scored, quarantined = tables["scores"].num_rows, tables["quarantine"].num_rows
     if scored + quarantined != input_rows:
         raise InvariantError(f"input_rows {input_rows} != scored {scored} + quarantined {quarantined}; nothing committed")
-    score_ids = tables["scores"].column(0)
-    if pc.count_distinct(score_ids).as_py() != scored:
-        raise InvariantError("customer_id is not unique in scores; nothing committed")
+    score_ids = tables["scores"].column(0).cast(pa.string())
+    if score_ids.null_count or pc.count_distinct(score_ids).as_py() != scored:
+        raise InvariantError("customer_id is null or not unique in scores; nothing committed")
+    held = tables["quarantine"].column(0).cast(pa.string())
+    both = pc.sum(pc.is_in(score_ids, value_set=pc.unique(pc.drop_null(held)))).as_py() or 0
+    if both:
+        raise InvariantError(f"{both} customer_id(s) are both scored and quarantined; nothing committed")
     in_ids = pads.dataset(files, filesystem=in_fs, format="parquet").to_table(columns=[cfg.schema.id]).column(0)
-    out_ids = pa.concat_arrays([c.cast(pa.string()) for t in tables.values() for c in t.column(0).chunks] or
-                               [pa.array([], pa.string())])
-    lost = pc.count_distinct(pc.drop_null(in_ids)).as_py() - pc.count_distinct(pc.drop_null(out_ids)).as_py()
+    in_ids = in_ids.cast(pa.string())
+    out_ids = pa.chunked_array([*score_ids.chunks, *held.chunks], pa.string())
+    lost = _missing(in_ids, out_ids)
     if lost:
         raise InvariantError(f"{lost} input customer_id(s) are in neither scores nor quarantine; nothing committed")
-    return {"input_rows": input_rows, "scored_rows": scored, "quarantined_rows": quarantined, "files": rel}
+    made_up = _missing(out_ids, in_ids)
+    if made_up:
+        raise InvariantError(f"{made_up} output customer_id(s) are not in the input (changed on the way); "
+                             "nothing committed")
+    if in_ids.null_count != held.null_count:
+        raise InvariantError(f"{in_ids.null_count} input rows have no customer_id but {held.null_count} "
+                             "quarantined rows do; nothing committed")
+    return {"input_rows": input_rows, "scored_rows": scored, "quarantined_rows": quarantined,
+            "null_id_rows": in_ids.null_count, "files": rel}
+
+
+def _missing(ids: pa.ChunkedArray, among: pa.ChunkedArray) -> int:
+    """How many distinct non-null `ids` are not in `among`."""
+    distinct = pc.unique(pc.drop_null(ids))
+    return len(distinct) - (pc.sum(pc.is_in(distinct, value_set=pc.unique(pc.drop_null(among)))).as_py() or 0)
 
 
 def code_version() -> str:

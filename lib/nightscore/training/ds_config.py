@@ -12,7 +12,7 @@ def deepspeed_config(t: TrainSpec, world_size: int) -> dict[str, Any]:
         "contiguous_gradients": True,
         "overlap_comm": t.use_gpu,  # overlapping needs a separate comm stream; on CPU it only adds copies
         # NCCL's reduce-scatter is the fast path on GPUs; over gloo one all-reduce per bucket beats a
-        # reduce to each rank (measured on CPU: bench/RESULTS.md, training throughput)
+        # reduce to each rank
         "reduce_scatter": t.use_gpu,
         "reduce_bucket_size": t.bucket_size,
     }
@@ -21,6 +21,13 @@ def deepspeed_config(t: TrainSpec, world_size: int) -> dict[str, Any]:
     if t.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
         zero["stage3_prefetch_bucket_size"] = t.bucket_size
+        # gathered parameters stay live up to bucket_size elements: DeepSpeed's default (1e9) keeps
+        # every layer a step will reuse, so a BERT-base worker held the whole model from forward to
+        # backward; and the optimizer steps through the partition bucket_size elements at a time
+        # (torch's CPU AdamW allocates temporaries the size of the tensor it updates)
+        zero["stage3_max_live_parameters"] = t.bucket_size
+        zero["stage3_max_reuse_distance"] = t.bucket_size
+        zero["sub_group_size"] = t.bucket_size
         zero["stage3_param_persistence_threshold"] = 10_000
         if t.offload_params:
             zero["offload_param"] = {"device": "cpu", "pin_memory": t.use_gpu}

@@ -4,19 +4,24 @@ Read top to bottom: build the model, `deepspeed.initialize`, resume if Ray hands
 checkpoint, then per epoch: train on this worker's shard, predict the validation and
 calibration shards (gathered across ranks), fit calibration on the calibration rows and
 measure on the validation rows, save a checkpoint (every rank its ZeRO shards, rank 0 also
-the consolidated weights) and `ray.train.report` on every rank.
+the calibration, the state and the validation PDs) and `ray.train.report` on every rank. No rank
+ever gathers the whole model: the driver consolidates the best checkpoint's shards once, after
+`fit()` (`consolidated_state_dict`).
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -34,6 +39,11 @@ EXPORT_DIR = "export"
 STATE_FILE = "train_state.json"
 VALID_PREDICTIONS = "valid_predictions.parquet"
 DS_TAG = "ds"
+
+
+def train_dtype(cfg: Config) -> torch.dtype:
+    """The dtype the engine holds its weights in."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
 
 
 def build_model(cfg: Config, n_products: int, encoders: Encoders,
@@ -59,7 +69,7 @@ def build_model(cfg: Config, n_products: int, encoders: Encoders,
         # only models it did not partition: the heads, built whole, must join them, or ZeRO-3's
         # flat parameter buffer mixes dtypes (an AssertionError inside deepspeed.initialize,
         # first seen on a GPU node with the production config, ZeRO-3 + bf16)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
+        dtype = train_dtype(cfg)
         for p in model.parameters():
             if not hasattr(p, "ds_id"):
                 p.data = p.data.to(dtype)
@@ -74,9 +84,9 @@ def build_model(cfg: Config, n_products: int, encoders: Encoders,
     return model
 
 
-def plain_state_dict(model: CreditModel, cfg: Config, n_products: int, encoders: Encoders) -> dict[str, torch.Tensor]:
-    """Full-precision weights in the base (non-LoRA) layout: adapters merged into the backbone."""
-    sd = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+def plain_state_dict(sd: dict[str, torch.Tensor], cfg: Config, n_products: int,
+                     encoders: Encoders) -> dict[str, torch.Tensor]:
+    """fp32 weights in the base (non-LoRA) layout: LoRA adapters merged into the backbone."""
     if cfg.train.finetune != "lora":
         return sd
     copy = build_model(cfg, n_products, encoders)
@@ -85,16 +95,69 @@ def plain_state_dict(model: CreditModel, cfg: Config, n_products: int, encoders:
     return {k: v.detach().float().clone() for k, v in copy.state_dict().items()}
 
 
-def consolidated_state_dict(engine, cfg: Config, n_products: int, encoders: Encoders,
-                            rank: int) -> dict[str, torch.Tensor] | None:
-    """Gather ZeRO-3 partitions (all ranks must call this); rank 0 gets the full weights."""
-    import deepspeed
+def consolidated_state_dict(checkpoint_dir: str, cfg: Config, n_products: int,
+                            encoders: Encoders) -> dict[str, torch.Tensor]:
+    """The engine's weights, whole, in fp32 and the base layout, from one checkpoint's DeepSpeed
+    files: the model's one consolidation, by the driver, after `fit()`.
 
-    model = engine.module
-    if cfg.train.zero_stage == 3:
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            return plain_state_dict(model, cfg, n_products, encoders) if rank == 0 else None
-    return plain_state_dict(model, cfg, n_products, encoders) if rank == 0 else None
+    Workers never gather the whole model (a model too large for one worker is why ZeRO-3 is
+    used), and every epoch's checkpoint already holds all ranks' shards. Under stages 0-2 rank
+    0's model-states file holds the whole module; under ZeRO-3 DeepSpeed's own zero_to_fp32
+    stitches the parameters from all ranks' files, trainable ones from the optimizer's fp32
+    master copy. (Not `_zero3_consolidated_16bit_state_dict()`: it would build the whole model
+    in rank 0's memory every epoch, as which epoch is best is known only after `fit()`.)
+    Parameters pass through the training dtype, so the export holds exactly the weights the
+    engine computed with; buffers stay as saved.
+    """
+    from deepspeed.checkpoint.constants import BUFFER_NAMES
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint, get_model_state_file
+
+    stage = cfg.train.zero_stage
+    states = torch.load(get_model_state_file(str(Path(checkpoint_dir) / DS_TAG), stage),
+                        map_location="cpu", weights_only=False)  # DeepSpeed's own pickle, as its loader reads it
+    sd = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=DS_TAG) if stage == 3 else states["module"]
+    buffers, dtype = set(states[BUFFER_NAMES]), train_dtype(cfg)
+    sd = {k: (v if k in buffers else v.to(dtype)).float() for k, v in sd.items()}
+    return plain_state_dict(sd, cfg, n_products, encoders)
+
+
+def return_freed_buffers_to_the_os() -> None:
+    """glibc: blocks of 1 MiB and more come from mmap, and go back to the OS when freed.
+
+    By default glibc raises its mmap threshold to the largest block freed (up to 32 MiB) and
+    serves later blocks below it from heap arenas it seldom shrinks. ZeRO-3 gathers and frees
+    each layer's weights every step: a BERT-base worker then held ~1 GiB more than it used
+    (bench/RESULTS.md, ZeRO-3 memory). A no-op without glibc's mallopt.
+    """
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; setting it also stops glibc moving it
+
+
+class PeakRSS:
+    """This process's peak resident memory above what it held when made, sampled every 50 ms.
+
+    A thread, not ru_maxrss: that is the process's lifetime peak, which may come before the
+    baseline (Ray's start-up, the imports) and hide what the model adds.
+    """
+
+    def __init__(self, interval_s: float = 0.05):
+        self._process = psutil.Process()
+        self.base = self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval_s,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def growth_mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _collate():
@@ -102,7 +165,7 @@ def _collate():
         out: dict[str, Any] = {"x": to_tensors(batch), "customer_id": batch["customer_id"]}
         for key in ("y_default", "has_default"):
             if key in batch:
-                out[key] = torch.as_tensor(batch[key])
+                out[key] = torch.tensor(batch[key])  # a copy: Ray hands read-only arrays
         for key in ("y_products", "held_products"):
             if key in batch:
                 out[key] = torch.as_tensor(np.stack(batch[key]))
@@ -190,7 +253,7 @@ def epoch_metrics(preds: dict[str, np.ndarray], calib_preds: dict[str, np.ndarra
 
 
 def _fault_drill(marker: Path, rank: int, epoch: int, last_report: float) -> None:
-    """train.fail_at_epoch: this worker dies once, mid-run, to prove resume works.
+    """The fail_at_epoch drill (see drills): this worker dies once, mid-run, to prove resume works.
 
     Ray Train records a report when it next polls the workers (every 2 s). A worker that
     dies sooner after a report loses that checkpoint and resumes from the one before; the
@@ -213,6 +276,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
+    return_freed_buffers_to_the_os()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -222,6 +286,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     encoders = Encoders.from_json(loop_config["encoders"])
     ds_config = deepspeed_config(t, world)
     deepspeed.init_distributed()  # adopt Ray Train's process group before ZeRO-3 partitions weights on load
+    memory = PeakRSS()  # from just before the model exists: what the model, its optimizer and training add
     model = build_model(cfg, n_products, encoders, ds_config)
     model.init_priors(**loop_config["priors"])
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t.weight_decay)
@@ -270,7 +335,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             engine.backward(loss)
             engine.step()
             seen += len(next(iter(batch.values())))
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             steps += 1
             if warm is None and steps == t.grad_accum:
                 warm = (time.time(), seen)
@@ -279,19 +344,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 print(f"[train] epoch {epoch} step {steps}/{steps_per_epoch * t.grad_accum}  "
                       f"loss {loss_sum / steps:.4f}  {seen * world / (time.time() - t0):.1f} samples/s", flush=True)
         train_time = time.time() - t0
-        if t.fail_at_epoch == epoch and rank == min(1, world - 1):
+        if loop_config["fail_at_epoch"] == epoch and rank == min(1, world - 1):
             _fault_drill(Path(loop_config["fail_marker"]), rank, epoch, last_report)
         preds = _evaluate(engine, valid_shard, collate, device, max(64, t.micro_batch * 4))
         m, calib = epoch_metrics(preds, _evaluate(engine, calib_shard, collate, device, max(64, t.micro_batch * 4)), cfg)
         warm_time, warm_seen = warm or (t0, 0)
         totals = torch.tensor([seen, seen - warm_seen], dtype=torch.float64, device=device)  # NCCL reduces GPU tensors only
         dist.all_reduce(totals)
+        peak = torch.tensor([memory.growth_mib()], dtype=torch.float64, device=device)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         m.update({"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
                   "train_samples_per_s": float(totals[0]) / max(train_time, 1e-9),
                   # after the first optimizer step: without the one-off start of the input stream
                   "steady_samples_per_s": float(totals[1]) / max(t0 + train_time - warm_time, 1e-9),
                   "data_wait_fraction": waited / max(train_time, 1e-9),
-                  "epoch_seconds": time.time() - t0})
+                  "epoch_seconds": time.time() - t0,
+                  # the worker's peak resident memory so far above its memory before the model was
+                  # built, the largest over ranks: what a worker must have for this model and config
+                  "model_memory_mib": float(peak)})
 
         score = m.get(t.early_stopping_metric, float("nan"))
         sign = 1 if t.early_stopping_mode == "max" else -1
@@ -304,14 +374,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state["epoch"] = epoch
         state["history"].append(m)
 
-        weights = consolidated_state_dict(engine, cfg, n_products, encoders, rank)
         with tempfile.TemporaryDirectory() as tmp:
             engine.save_checkpoint(tmp, tag=DS_TAG)
             if rank == 0:
-                from safetensors.torch import save_file
-
                 (Path(tmp) / EXPORT_DIR).mkdir()
-                save_file(weights, str(Path(tmp) / EXPORT_DIR / "weights.safetensors"))
                 (Path(tmp) / EXPORT_DIR / "calibration.json").write_text(json.dumps(calib))
                 if "logit" in preds:  # validation PDs by customer_id: the monitoring reference population
                     has = preds["has"].astype(bool)
@@ -331,3 +397,4 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 print(f"[train] early stopping: {t.early_stopping_metric} did not improve for {t.patience} epochs",
                       flush=True)
             break
+    memory.stop()

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from .. import encode, storage
 from ..cluster import init_ray
 from ..config import Config, ConfigError
+from ..drills import drill
 from ..encode import Encoders
 from ..model import store
 from ..model.tokens import tokenizer_for
@@ -123,8 +124,9 @@ def check_labels(sums: dict[str, Any], cfg: Config, split: str) -> None:
             "a larger train.valid_fraction)")
 
 
-def reference_population(cfg: Config, uri: str, preds: pa.Table) -> pa.Table:
-    """Validation rows' features with their calibrated PDs, joined on customer_id (never by position)."""
+def reference_population(cfg: Config, uri: str, preds: pa.Table) -> dict[str, Any]:
+    """Binned distributions of the validation rows' features and calibrated PDs (joined on customer_id,
+    never by position): the model's monitoring reference, aggregates only."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
@@ -135,7 +137,8 @@ def reference_population(cfg: Config, uri: str, preds: pa.Table) -> pa.Table:
         columns=[cfg.schema.id, *feats], filter=pc.field(cfg.schema.id).isin(ids))
     rows = rows.set_column(0, "customer_id", pc.cast(rows.column(0), pa.string()))
     joined = rows.join(preds, "customer_id", join_type="inner")
-    return build_reference(joined, cfg.schema, joined.column("pd_12m").to_numpy())
+    return build_reference(joined, cfg.schema, joined.column("pd_12m").to_numpy(), cfg.scorecard,
+                           cfg.monitoring.min_group_size)
 
 
 def catalog_yaml(catalog: Catalog) -> str:
@@ -223,6 +226,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         train_loop_config={
             "config": cfg.to_dict(), "product_ids": product_ids, "train_rows": train_rows,
             "encoders": encoders.to_json(), "priors": label_priors(sums, cfg),
+            "fail_at_epoch": drill("fail_at_epoch"),
             "fail_marker": str(Path(storage_path).expanduser() / name / ".fault-drill-done"),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
@@ -248,9 +252,9 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         state = json.loads((Path(d) / STATE_FILE).read_text())
     history, resumed = state["history"], state["resumed_at_epochs"]
     with best_ckpt.as_directory() as d:
-        from safetensors.torch import load_file
+        from .loop import consolidated_state_dict
 
-        weights = load_file(str(Path(d) / EXPORT_DIR / "weights.safetensors"))
+        weights = consolidated_state_dict(d, cfg, len(product_ids), encoders)  # the model's one gather, here
         calib = json.loads((Path(d) / EXPORT_DIR / "calibration.json").read_text())
         preds_path = Path(d) / EXPORT_DIR / VALID_PREDICTIONS
         valid_preds = pq.read_table(preds_path) if preds_path.exists() else None
