@@ -126,8 +126,8 @@ def return_freed_buffers_to_the_os() -> None:
 
     By default glibc raises its mmap threshold to the largest block freed (up to 32 MiB) and
     serves later blocks below it from heap arenas it seldom shrinks. ZeRO-3 gathers and frees
-    each layer's weights every step: a BERT-base worker then held ~1 GiB more than it used
-    (bench/RESULTS.md, ZeRO-3 memory). A no-op without glibc's mallopt.
+    each layer's weights every step, so a worker's memory would keep growing far past what it
+    uses. A no-op without glibc's mallopt.
     """
     libc = ctypes.CDLL(None)
     if hasattr(libc, "mallopt"):
