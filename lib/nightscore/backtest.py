@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import uuid
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from scipy.stats import beta
@@ -395,20 +393,6 @@ take-up rates over fewer are withheld.</p>
 
 
 # --------------------------------------------------------------------------- run
-def _put_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Readers see the old file or the new one: a rename on local disk, one PUT on S3."""
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    if not isinstance(fs, pafs.LocalFileSystem):
-        with fs.open_output_stream(path) as f:
-            f.write(data)
-        return
-    tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
-
-
 def run(cfg: Config, scores_uri: str, outcomes_uri: str, date: dt.date, out_uri: str) -> dict[str, Any]:
     """Back-test one committed date and write ``<out>/date=D/backtest.json`` and ``backtest.html``
     (the page first, the JSON last). Returns the report with ``report_json`` and ``report_html`` added."""
@@ -421,7 +405,7 @@ def run(cfg: Config, scores_uri: str, outcomes_uri: str, date: dt.date, out_uri:
     report = build_report(scores, read_outcomes(outcomes_uri, date, cfg), cfg, date)
     fs, root = storage.filesystem(out_uri, cfg.storage.s3)
     folder = partition.date_dir(root, date)
-    _put_atomic(fs, storage.join(folder, HTML_NAME), render_html(report).encode())
+    storage.write_bytes_atomic(render_html(report).encode(), fs, storage.join(folder, HTML_NAME))
     storage.write_json_atomic(report, fs, storage.join(folder, JSON_NAME))
     return {**report, "report_json": storage.to_uri(fs, storage.join(folder, JSON_NAME)),
             "report_html": storage.to_uri(fs, storage.join(folder, HTML_NAME))}

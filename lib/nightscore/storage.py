@@ -90,11 +90,13 @@ def read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
 
 
 def write_json_atomic(obj: dict[str, Any], fs: pafs.FileSystem, path: str) -> None:
-    """Write JSON so readers see the old file or the new one, never a torn one.
+    """Write JSON so readers see the old file or the new one, never a torn one."""
+    write_bytes_atomic(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), fs, path)
 
-    Local: write a temp file beside it and rename. S3: a single PUT is atomic.
-    """
-    data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+
+def write_bytes_atomic(data: bytes, fs: pafs.FileSystem, path: str) -> None:
+    """Readers see the old file or the new one. Local: write a temp file beside it, fsync and
+    rename. S3: a single PUT is atomic."""
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
