@@ -2,10 +2,14 @@
 
     python jobs/nightly.py --config jobs/configs/local.yaml [--date YYYY-MM-DD] [--force] [--wait SECONDS]
 
+With nightly.outcomes set, it also back-tests every committed date whose outcomes have landed;
+with nightly.challenger, it scores the challenger into its shadow root and compares the two.
+
 Exit codes: 0 ok; 1 the run failed and nothing was committed; 2 bad usage or config;
-3 a monitoring alert (outputs were committed; read the report).
+3 a monitoring alert or a back-test breach (outputs were committed; read the report).
 """
 from nightscore import cli
+from nightscore.challenger import summary
 from nightscore.nightly import run
 from nightscore.scoring.pipeline import InvariantError
 
@@ -28,9 +32,24 @@ def main() -> None:
     print(f"[nightly] {record['snapshot_date']}: {state}: {record['scored_rows']} scored, "
           f"{record['quarantined_rows']} quarantined (run {record['run_id']}, model {record['model_version']})")
     print(f"[nightly] scores under {cfg.nightly.output.rstrip('/')}/date={record['snapshot_date']}/")
+    if record.get("ab_test"):
+        ab = record["ab_test"]
+        print(f"[nightly] A/B test: {ab['rows']['challenger']} customers ({ab['share']:.0%} share) got the "
+              "challenger's recommendations")
+    challenger = report.get("challenger")
+    if challenger and "error" in challenger:
+        print(f"[nightly] challenger failed (the champion's output is unaffected): {challenger['error']}")
+    elif challenger:
+        print(f"[nightly] {summary(challenger)}; shadow scores under {cfg.nightly.shadow}")
+    for bt in report["backtests"]:
+        if "error" in bt:
+            print(f"[nightly] back-test of {bt['date']} could not run: {bt['error']}")
+        else:
+            print(f"[nightly] back-tested {bt['date']}: {bt['status'].upper()}, report {bt['report_html']}")
     print(f"[nightly] report: {report['report_html']}  status: {report['status'].upper()}")
     for alert in report["alerts"]:
-        print(f"[nightly]   {alert['level']}: {alert['metric']} = {alert['value']:.3f} (threshold {alert['threshold']})")
+        value = "" if alert["value"] is None else f" = {alert['value']:.3f} (threshold {alert['threshold']})"
+        print(f"[nightly]   {alert['level']}: {alert['metric']}{value}")
     if report["status"] == "alert":
         cli.fail("monitoring alert: outputs are committed; review the report before using them", cli.EXIT_ALERT)
 

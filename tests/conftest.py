@@ -113,6 +113,16 @@ def fitted_encoders(cfg, backbone: str, rows):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_backbone, tmp_path_factory) -> str:
     """A model directory written by the real exporter, with random tiny weights (scoring needs no training)."""
+    return tiny_model(tiny_backbone, tmp_path_factory.mktemp("model"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_challenger_dir(tiny_backbone, tmp_path_factory) -> str:
+    """Another such model (other random weights): a challenger to tiny_model_dir."""
+    return tiny_model(tiny_backbone, tmp_path_factory.mktemp("challenger"), seed=2)
+
+
+def tiny_model(tiny_backbone: str, root, seed: int) -> str:
     import datetime as dt
 
     import torch
@@ -130,12 +140,11 @@ def tiny_model_dir(tiny_backbone, tmp_path_factory) -> str:
     catalog = load_catalog(cfg.products.catalog)
     fit_rows, _ = synth.generate(2000, dt.date(2026, 9, 1), 98, catalog.ids)
     encoders = fitted_encoders(cfg, tiny_backbone, fit_rows)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     net = CreditModel.build(tiny_backbone, "mean", len(catalog.ids), True, encoders, cfg.model.wide)
     with torch.no_grad():  # the wide terms start at zero; give them weight so they shape the scores too
         for p in net.wide.parameters():
             p.normal_(std=0.02)
-    root = tmp_path_factory.mktemp("model")
     kwargs = dict(state_dict=net.state_dict(), base_backbone=tiny_backbone, tokenizer_dir=tiny_backbone,
                   encoders=encoders, product_ids=catalog.ids, calibration={"method": "platt", "a": 8.0, "b": -2.0},
                   config=cfg, catalog_yaml=catalog_yaml(catalog), metrics={}, training={})

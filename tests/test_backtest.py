@@ -41,7 +41,8 @@ def scores_table(ids: pa.Array, pd: np.ndarray, propensity: np.ndarray, cfg=CFG)
     n = len(pd)
     return pa.table({"customer_id": ids, "snapshot_date": pa.array([DATE] * n, pa.date32()), "pd_12m": pd,
                      "credit_score": score.astype(np.int32), "risk_band": band, "reason_codes": [[]] * n,
-                     "recommendations": recs, "model_version": ["oracle"] * n, "run_id": ["r1"] * n}, schema=SCHEMA)
+                     "recommendations": recs, "model_version": ["oracle"] * n, "run_id": ["r1"] * n,
+                     "recommendation_arm": ["champion"] * n}, schema=SCHEMA)
 
 
 def write_scores(root, table: pa.Table, commit: bool = True) -> str:
@@ -152,14 +153,26 @@ def test_missing_and_unscored_outcomes_are_counted(tmp_path, population):
     report = backtest.run(CFG, scores, outcomes, DATE, str(tmp_path / "out"))
     c = report["coverage"]
     assert c == {"scored": 4000, "matched": 3700, "with_outcome": 3650, "without_outcome": 350,
-                 "outcome_rows": 3735, "outcome_rows_without_id": 5, "outcomes_without_score": 30,
-                 "share_with_outcome": 3650 / 4000}
+                 "outcome_rows": 3735, "outcome_rows_without_id": 5, "outcome_rows_with_repeated_id": 0,
+                 "outcomes_without_score": 30, "share_with_outcome": 3650 / 4000}
     assert report["default"]["customers"] == 3650
     assert report["recommendations"]["customers"] == 3700
     assert report["breaches"] == []  # 91.25 % covered: above the default 90 %
     strict = backtest.run(load_config(LOCAL_CONFIG, ["backtest.min_coverage=0.95"]), scores, outcomes, DATE,
                           str(tmp_path / "out"))
     assert strict["breaches"] == [{"metric": "coverage", "value": 3650 / 4000, "threshold": 0.95}]
+
+
+def test_an_id_on_several_outcome_rows_is_left_out_and_counted(tmp_path, population):
+    """Two rows for one customer (a data feed's duplicate) are ambiguous: neither is used."""
+    snap, truth = population
+    pd, propensity = truth_arrays(truth)
+    scores = write_scores(tmp_path / "scores", scores_table(snap.column("customer_id"), pd, propensity))
+    out = snap.select(["customer_id", "default_12m", "products_acquired_90d"])
+    outcomes = write_outcomes(tmp_path / "outcomes", pa.concat_tables([out, out.slice(7, 1), out.slice(9, 1)]))
+    c = backtest.run(CFG, scores, outcomes, DATE, str(tmp_path / "out"))["coverage"]
+    assert (c["outcome_rows"], c["outcome_rows_with_repeated_id"], c["matched"], c["without_outcome"]) == \
+        (4002, 4, 3998, 2)
 
 
 def test_rerun_writes_the_same_report(tmp_path, population):

@@ -18,7 +18,8 @@ from conftest import LOCAL_CONFIG, REPO
 from nightscore import storage
 from nightscore.config import load_config
 from nightscore.model import store
-from nightscore.nightly import model_uri, pin_model
+from nightscore.nightly import model_uri
+from nightscore.promotion import promote
 
 
 def model_dir(root: Path, seed: int = 0) -> Path:
@@ -112,7 +113,7 @@ def test_the_model_pointer_pins_the_manifest(s3_model, s3_bucket, tmp_path):
     """The pointer names the model and its manifest's sha256; an unpinned (plain-URI) pointer and
     a model changed after it was pinned both stop the nightly job (exit 1) before it scores."""
     pointer = f"s3://{s3_bucket}/models/APPROVED"
-    pin_model(pointer, s3_model)
+    promote(pointer, s3_model, "approved for the test", override=True)
     fs, path = storage.filesystem(pointer)
     assert storage.read_json(fs, path) == {"model": s3_model, "manifest_sha256": store.manifest_sha256(s3_model)}
     cfg = load_config(LOCAL_CONFIG, [f"nightly.model_pointer={pointer}", "nightly.model=null"])
@@ -120,10 +121,10 @@ def test_the_model_pointer_pins_the_manifest(s3_model, s3_bucket, tmp_path):
 
     with fs.open_output_stream(path) as out:
         out.write(f"{s3_model}\n".encode())
-    with pytest.raises(store.ModelError, match=f"model pointer {pointer} is not a pinned pointer.*pin_model"):
+    with pytest.raises(store.ModelError, match=f"model pointer {pointer} is not a pinned pointer.*jobs/promote.py"):
         model_uri(cfg.nightly, cfg)
 
-    pin_model(pointer, s3_model)
+    promote(pointer, s3_model, "approved for the test", override=True)
     store.upload_dir(model_dir(tmp_path / "other", seed=1), s3_model)  # replaced after approval
     with pytest.raises(store.ModelError, match=f"model pointer {pointer}: the manifest.json of {s3_model} does "
                                                "not have the sha256 the pointer pins"):

@@ -1,5 +1,9 @@
-"""The in-process predictor: precision choice, and attributions that change nothing but cost."""
+"""The in-process predictor: precision choice, kernels, the public fallback of every private
+PyTorch API, and attributions that change nothing but cost."""
+import ast
 import datetime as dt
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +14,12 @@ from nightscore import synth
 from nightscore.encode import Encoders, Numeric, Vocab
 from nightscore.model import store
 from nightscore.model.features import to_tensors
-from nightscore.scoring.inference import PackedLinear, Predictor, choose_dtype, cpu_has_bf16, onednn_ready
+from nightscore.scoring import aot, torch_private
+from nightscore.scoring.execution import choose_dtype, configure_process, cpu_has_bf16
+from nightscore.scoring.inference import Predictor
+from nightscore.scoring.kernels import PackedLinear
 from nightscore.scoring.prepare import model_input
+from nightscore.scoring.torch_private import Unavailable, onednn_ready
 
 
 class Untimeable(torch.nn.Module):
@@ -21,11 +29,11 @@ class Untimeable(torch.nn.Module):
 
 def test_explicit_precision_and_cpus_without_bf16_need_no_timing():
     cpu = torch.device("cpu")
-    assert choose_dtype("fp32", cpu, Untimeable(), {}) is None
-    assert choose_dtype("bf16", cpu, Untimeable(), {}) is torch.bfloat16
+    assert choose_dtype("fp32", cpu, Untimeable(), {}) == (None, "fp32 (asked)")
+    assert choose_dtype("bf16", cpu, Untimeable(), {}) == (torch.bfloat16, "bf16 (asked)")
     if cpu_has_bf16():
         pytest.skip("this CPU has bf16 instructions: 'auto' times both")
-    assert choose_dtype("auto", cpu, Untimeable(), {}) is None
+    assert choose_dtype("auto", cpu, Untimeable(), {}) == (None, "fp32 (auto: this CPU has no bf16 instructions)")
 
 
 def explainable_rows(loaded, rows: int, seed: int):
@@ -117,7 +125,7 @@ def test_device_map_runs_blocks_contiguously(layers, devices, want):
 def test_spread_model_predicts_the_same():
     """The placement goes through accelerate's dispatch (complete-map check included); on this
     CPU-only machine both 'devices' are the CPU, so only a GPU run shows the transfers."""
-    from nightscore.scoring.inference import spread
+    from nightscore.scoring.execution import spread
 
     model = _model(4)
     x = _rows(5)
@@ -186,8 +194,6 @@ def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir, tm
     reason-code attributions (taken eagerly, for the explained rows) stay those of the eager
     model. A second predictor loads the package its predecessor built. A "cached" one (a run too
     small to pay back a build) runs eager until a package is there, then loads it."""
-    from nightscore.scoring import aot
-
     loaded = store.load(tiny_model_dir)
     ids = explainable_rows(loaded, 70, 5)
     explain = dict(explain=lambda pd: pd > np.median(pd))
@@ -217,8 +223,6 @@ def test_compiled_predictor_gives_the_same_scores_and_reasons(tiny_model_dir, tm
 def test_compiled_package_bf16_matches_autocast_and_a_damaged_one_is_rebuilt(tiny_model_dir, tmp_path):
     """The bf16 package computes what bf16 autocast does; a package whose file no longer matches
     its recorded sha256 is not loaded but removed, and rebuilt where the run builds one."""
-    from nightscore.scoring import aot
-
     loaded = store.load(tiny_model_dir)
     with torch.no_grad():
         x, mask = loaded.model.eval().embed(to_tensors(explainable_rows(loaded, 40, 6)))
@@ -246,8 +250,6 @@ def test_compiled_package_bf16_matches_autocast_and_a_damaged_one_is_rebuilt(tin
 def test_prune_removes_packages_unused_for_long_and_stale_builds(tmp_path):
     import os
     import time
-
-    from nightscore.scoring import aot
 
     old = time.time() - (aot.UNUSED_DAYS + 1) * 86400
 
@@ -280,7 +282,7 @@ def test_unusable_compiled_cache_falls_back_to_jit_compilation(tiny_model_dir, t
     eager = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids, **explain)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     got = predictor.predict(ids, **explain)
-    assert "JIT-compiling instead" in capsys.readouterr().out
+    assert "JIT-compiled: no compiled package" in capsys.readouterr().out
     assert predictor.encode != predictor.model.encode and not hasattr(predictor.encode, "constants")  # JIT ran
     # one graph for every batch: the gradient pass switches attention and back between them
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1
@@ -296,7 +298,7 @@ def test_keep_heap_stops_large_buffers_faulting_in_again():
     import resource
     import sys
 
-    from nightscore.scoring.inference import keep_heap
+    from nightscore.scoring.execution import keep_heap
 
     if not sys.platform.startswith("linux") or not keep_heap():
         pytest.skip("not glibc")
@@ -320,7 +322,6 @@ def test_bmm_attention_matches_scaled_dot_product_attention(kv_heads, masked):
     import torch.nn.functional as F
     from transformers.masking_utils import bidirectional_mask_function, eager_mask
 
-    from nightscore.scoring.aot import bmm_attention
 
     torch.manual_seed(0)
     b, h, q, d = 3, 4, 7, 8
@@ -330,11 +331,153 @@ def test_bmm_attention_matches_scaled_dot_product_attention(kv_heads, masked):
     padding = (torch.arange(q)[None, :] < lengths[:, None]).long()
     mask = (eager_mask(b, q, q, mask_function=bidirectional_mask_function, attention_mask=padding.bool())
             if masked else None)
-    got, _ = bmm_attention(None, query, key, value, mask, scaling=0.3)
+    got, _ = aot.bmm_attention(None, query, key, value, mask, scaling=0.3)
     group = h // kv_heads
     want = F.scaled_dot_product_attention(query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1),
                                           attn_mask=padding[:, None, None, :].bool() if masked else None, scale=0.3)
     torch.testing.assert_close(got, want.transpose(1, 2), rtol=1e-5, atol=1e-5)
     if masked:  # a padded key changes nothing
         value[1, :, 5:] = 100.0
-        torch.testing.assert_close(bmm_attention(None, query, key, value, mask, scaling=0.3)[0], got)
+        torch.testing.assert_close(aot.bmm_attention(None, query, key, value, mask, scaling=0.3)[0], got)
+
+
+def _unavailable(*args, **kwargs):
+    raise Unavailable("forced by the test")
+
+
+def _same_results(got, want, rtol: float = 1e-4) -> None:
+    np.testing.assert_allclose(got.pd, want.pd, rtol=rtol)
+    np.testing.assert_allclose(got.propensity, want.propensity, rtol=rtol, atol=1e-6)
+    np.testing.assert_array_equal(got.explained, want.explained)
+    np.testing.assert_allclose(got.contrib, want.contrib, rtol=1e-3, atol=1e-6)
+
+
+def test_one_line_says_the_path_and_why(tiny_model_dir, capsys):
+    """The path is decided on the first batch, once, and said in one line."""
+    predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16)
+    ids = explainable_rows(predictor.loaded, 40, 2)
+    predictor.predict(ids)
+    predictor.predict(ids)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[score]")]
+    packed = "linears prepacked for oneDNN" if onednn_ready() else "oneDNN prepacked linears unavailable"
+    assert len(lines) == 1 and lines[0].startswith("[score] model path: cpu, fp32 (asked), compile=false: eager; ")
+    assert packed in lines[0] and "torch thread(s)" in lines[0]
+
+
+def test_configure_process_sets_the_thread_count():
+    threads = torch.get_num_threads()
+    try:
+        assert configure_process(torch.device("cpu"), 1, False).startswith("1 torch thread(s)")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("module", ["aot", "inference"])
+def test_importing_changes_no_process_state(module):
+    """Importing a scoring module alone, in a fresh process, works (no import cycle) and leaves the
+    thread count, the attention registry and the compile flags as they were: settings are made
+    when a Predictor is created (execution.configure_process)."""
+    script = f"""
+import torch, torch._dynamo.config as dynamo, torch._inductor.config as inductor
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+def state():
+    return (torch.get_num_threads(), sorted(AttentionInterface._global_mapping),
+            sorted(AttentionMaskInterface._global_mapping), inductor.freezing, dynamo.specialize_float)
+
+before = state()
+import nightscore.scoring.{module}
+assert state() == before, (before, state())
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_scoring_modules_import_one_way():
+    """No import cycle among the scoring modules, counting imports inside functions too."""
+    folder = Path(aot.__file__).parent
+    graph = {}
+    for path in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {alias.name for alias in node.names}
+        graph[path.stem] = {d.split(".")[0] for d in deps}
+    assert "inference" not in graph["aot"] and "aot" in graph["execution"]
+
+    def reaches(start: str, goal: str, seen: set) -> bool:
+        return any(d == goal or (d not in seen and reaches(d, goal, seen | {d})) for d in graph.get(start, ()))
+
+    assert not [m for m in graph if reaches(m, m, set())]
+
+
+def test_without_bf16_detection_auto_times_both_and_scores(tiny_model_dir, monkeypatch):
+    """With torch's private bf16 checks gone, 'auto' times fp32 against bf16 and scores with the faster."""
+    monkeypatch.setattr(torch_private, "cpu_bf16_units", _unavailable)
+    loaded = store.load(tiny_model_dir)
+    ids = explainable_rows(loaded, 40, 8)
+    predictor = Predictor(loaded, precision="auto", micro_batch=16)
+    got = predictor.predict(ids)
+    want = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids)
+    assert cpu_has_bf16()  # unknown counts as yes: measured, not guessed
+    np.testing.assert_allclose(got.pd, want.pd, rtol=0.05, atol=1e-3)  # bf16, if it timed faster
+    np.testing.assert_allclose(got.propensity, want.propensity, rtol=0.05, atol=1e-3)
+
+
+@pytest.mark.parametrize("private_api", ["onednn_pack", "onednn_linear"])
+def test_without_onednn_prepacking_the_plain_linears_score(tiny_model_dir, monkeypatch, capsys, private_api):
+    monkeypatch.setattr(torch_private, private_api, _unavailable)
+    loaded = store.load(tiny_model_dir)
+    ids = explainable_rows(loaded, 60, 4)
+    explain = dict(explain=lambda pd: pd > np.median(pd))
+    predictor = Predictor(loaded, precision="fp32", micro_batch=16, onednn=True)
+    got = predictor.predict(ids, **explain)
+    assert "oneDNN prepacked linears unavailable" in capsys.readouterr().out
+    assert not any(isinstance(m, PackedLinear) for m in predictor.model.modules())
+    want = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, onednn=False).predict(ids, **explain)
+    _same_results(got, want, rtol=1e-6)
+
+
+def test_without_private_compile_apis_the_model_is_jit_compiled(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """No AOTInductor packaging and no Inductor flags: score.compile still compiles, through the
+    public torch.compile, with the eager model's scores and reasons."""
+    monkeypatch.setattr(torch_private, "aoti_compile", _unavailable)
+    monkeypatch.setattr(torch_private, "set_compile_flags", _unavailable)
+    predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile=True,
+                          compiled_cache=str(tmp_path / "compiled"))
+    ids = explainable_rows(predictor.loaded, 40, 7)
+    explain = dict(explain=lambda pd: pd > np.median(pd))
+    got = predictor.predict(ids, **explain)
+    line = capsys.readouterr().out
+    assert "JIT-compiled: no compiled package (Unavailable" in line and "compile flags unavailable" in line
+    assert predictor.encode != predictor.model.encode and not hasattr(predictor.encode, "constants")
+    _same_results(got, Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids, **explain))
+
+
+@pytest.mark.slow
+def test_without_the_private_package_runtime_apis_scoring_falls_back(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """A package loaded without the runner's constant-buffer methods runs on the runtime's own
+    weights; without the runner itself, a run that does not build scores eagerly. Same results."""
+    loaded = store.load(tiny_model_dir)
+    cache = str(tmp_path / "compiled")
+    _, built = aot.compiled_forward(loaded, None, 16, loaded.config.model.max_length, cache)
+    assert built
+    ids = explainable_rows(loaded, 50, 5)
+    explain = dict(explain=lambda pd: pd > np.median(pd))
+    want = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids, **explain)
+
+    monkeypatch.setattr(torch_private, "realign_constants", _unavailable)
+    predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile="cached",
+                          compiled_cache=cache)
+    _same_results(predictor.predict(ids, **explain), want)
+    assert predictor.encode.constants == {}  # the package ran, on the runtime's own copy of the weights
+
+    monkeypatch.setattr(torch_private, "aoti_runner", _unavailable)
+    predictor = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16, compile="cached",
+                          compiled_cache=cache)
+    _same_results(predictor.predict(ids, **explain), want)
+    assert predictor.encode == predictor.model.encode
+    assert "eager: no compiled package (Unavailable" in capsys.readouterr().out
+    assert aot.package_dir(loaded, None, cache).exists()  # the package is fine: kept for runs that can load it

@@ -1,5 +1,4 @@
 """The per-date lease on local disk and on S3 (moto on 127.0.0.1, conditional PUTs)."""
-import json
 import threading
 import time
 

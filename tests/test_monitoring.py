@@ -12,7 +12,7 @@ from conftest import LOCAL_CONFIG
 from nightscore.config import (ConfigError, MonitoringSpec, SchemaSpec, ScorecardSpec, SensitiveSpec, apply_overrides,
                                load_config)
 from nightscore.monitoring import (PD_COLUMN, build_reference, build_report, categorical_distribution, feature_psi,
-                                   numeric_distribution, psi, reference_band_shares, write_report)
+                                   numeric_distribution, psi, reference_band_shares, with_alerts, write_report)
 from nightscore.scorecard import pd_to_score, score_to_band
 from nightscore.synth import catalog_product_ids, generate
 
@@ -441,6 +441,36 @@ def test_report_html_escapes_group_names(tmp_path):
     _, html_path = write_report(report, reference, pd, tmp_path)
     page = html_path.read_text()
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+
+
+def test_report_shows_model_outcomes_and_challenger_and_takes_outside_alerts(tmp_path):
+    """The nightly extras: the model in force, the back-test trend, the champion/challenger
+    comparison (or the challenger's failure), and alerts raised beside the report."""
+    report, reference, pd = report_for(population(400, seed=2), population(400, seed=1))
+    assert report["status"] == "ok"
+    cmp = {"champion_model": ["m1"], "challenger_model": ["m2"], "customers": 400, "champion_only": 0,
+           "challenger_only": 0, "pd_pearson": 0.9, "pd_spearman": 0.88, "top_k": 5, "overlap@5": 0.6,
+           "score_difference": {"mean": 1.0, "p5": -20.0, "p25": -5.0, "p50": 0.0, "p75": 5.0, "p95": 22.0,
+                                "share_moved_over_20": 0.1, "edges": [-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0],
+                                "counts": [5, 30, 150, 150, 50, 15]},
+           "band_migration": {"bands": BANDS, "counts": np.eye(len(BANDS), dtype=int).tolist(), "unchanged": 1.0}}
+    report = {**report, "challenger": cmp,
+              "model_in_force": {"model": "models/m1", "manifest_sha256": "ab", "since": "2024-04-01T00:00:00+00:00",
+                                 "by": "mrm", "why": "MV-17 <sign-off>"},
+              "outcomes": [{"date": "2024-03-01", "status": "pass", "auc": 0.71, "mean_pd": 0.04, "default_rate": 0.05,
+                            "failed_band_share": 0.0, "challenger_auc": 0.73}]}
+    flagged = with_alerts(report, [{"metric": "back-test of 2024-03-01: auc", "value": 0.55, "threshold": 0.6,
+                                    "level": "alert"}])
+    assert flagged["status"] == "alert" and flagged["trend"][-1]["status"] == "alert" and report["status"] == "ok"
+    _, html_path = write_report(flagged, reference, pd, tmp_path)
+    page = html_path.read_text()
+    assert "MV-17 &lt;sign-off&gt;" in page and "back-test of 2024-03-01: auc" in page
+    assert "Recommendation overlap@5" in page and page.count('<img src="data:image/png;base64,') >= 6
+    failed = with_alerts({**report, "challenger": {"error": "ModelError: broken"}},
+                         [{"metric": "challenger run failed", "value": None, "threshold": None, "level": "warn"}])
+    assert failed["status"] == "warn"
+    _, html_path = write_report(failed, reference, pd, tmp_path / "failed")
+    assert "The challenger run failed (ModelError: broken)" in html_path.read_text()
 
 
 # --------------------------------------------------------------------------- config

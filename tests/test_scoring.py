@@ -63,7 +63,9 @@ def check_outputs(out_uri, table, cfg, reasons=True):
     assert in_ids == set(scored) | q_ids and not set(scored) & q_ids
     # schema, ranges, monotone score
     assert scores.schema.names == ["customer_id", "snapshot_date", "pd_12m", "credit_score", "risk_band",
-                                   "reason_codes", "recommendations", "model_version", "run_id"]
+                                   "reason_codes", "recommendations", "model_version", "run_id",
+                                   "recommendation_arm"]
+    assert set(scores.column("recommendation_arm").to_pylist()) == {"champion"}  # no A/B test outside nightly
     pd_ = scores.column("pd_12m").to_numpy()
     score = scores.column("credit_score").to_numpy()
     assert ((pd_ > 0) & (pd_ < 1)).all() and ((score >= 300) & (score <= 850)).all()

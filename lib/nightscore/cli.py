@@ -32,6 +32,10 @@ def parse(p: argparse.ArgumentParser, argv: list[str] | None = None) -> tuple[ar
         cfg = load_config(args.config, [*args.overrides, *(["ray.verbose=true"] if args.verbose else [])])
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
+    if not cfg.ray.verbose:
+        from .cluster import quiet_driver
+
+        quiet_driver()
     return args, cfg
 
 

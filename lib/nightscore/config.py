@@ -305,6 +305,9 @@ class BacktestSpec(Strict):
     calibration_test: Literal["under-estimation", "two-sided"] = "under-estimation"
     max_failed_band_share: float = Field(default=0.2, ge=0, le=1)  # of the bands tested, the most that may fail
     min_coverage: float = Field(default=0.9, ge=0, le=1)  # least share of scored customers with an outcome
+    # a challenger passes its comparison when its realised AUC is at least the champion's plus this
+    # (on the same customers); negative tolerates a small loss, e.g. for a cheaper model
+    challenger_min_auc_gain: float = Field(default=0.0, ge=-1, le=1)
 
 
 class NightlySpec(Strict):
@@ -314,14 +317,27 @@ class NightlySpec(Strict):
     output: str  # scores/quarantine root
     reports: str  # monitoring reports root
     model: str | None = None  # model directory URI
-    # JSON file naming the approved model and pinning its manifest's sha256 (nightly.pin_model writes it)
+    # JSON file naming the approved model and pinning its manifest's sha256 (jobs/promote.py moves it)
     model_pointer: str | None = None
     timezone: str = "UTC"  # "yesterday" is computed in this zone
+    # root of date=YYYY-MM-DD/ outcome partitions (id + schema.labels): every committed date whose
+    # outcomes have landed is back-tested once, into <reports>/date=…/backtest.json
+    outcomes: str | None = None
+    challenger: str | None = None  # a model scored beside the champion into challenger_output (shadow)
+    challenger_output: str | None = None  # default: <output>-challenger (never read as published output)
+    # A/B test of recommendations: this stable hash-of-id share of customers gets the challenger's
+    # recommendations published (PD, score, band, reason codes stay the champion's)
+    challenger_share: float = Field(default=0.0, ge=0, le=1)
+    assignment_salt: str = "nightscore-ab-1"  # change it to draw a fresh random assignment
 
     @model_validator(mode="after")
     def _one_model(self) -> "NightlySpec":
         if (self.model is None) == (self.model_pointer is None):
             raise ValueError("set exactly one of model or model_pointer")
+        if self.challenger_share and not self.challenger:
+            raise ValueError("challenger_share needs a challenger model (nightly.challenger)")
+        if self.challenger_output and self.challenger_output.rstrip("/") == self.output.rstrip("/"):
+            raise ValueError("challenger_output must not be the published output root")
         import zoneinfo
 
         try:
@@ -329,6 +345,11 @@ class NightlySpec(Strict):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone {self.timezone!r}") from None
         return self
+
+    @property
+    def shadow(self) -> str:
+        """Where the challenger's scores are committed: beside the published root, never under it."""
+        return self.challenger_output or f"{self.output.rstrip('/')}-challenger"
 
 
 class Config(Strict):

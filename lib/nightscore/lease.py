@@ -202,7 +202,8 @@ def _describe(holder: dict[str, Any], what: str) -> str:
             f"started {holder.get('started_at')}, lease expires {holder.get('expires_at')}")
 
 
-def _store(fs: pafs.FileSystem, path: str, s3: S3Spec | None):
+def compare_and_swap(fs: pafs.FileSystem, path: str, s3: S3Spec | None) -> "_Local | _S3":
+    """The object at `path` with read / create-if-absent / replace-if-unchanged, on disk or S3."""
     return _Local(path) if isinstance(fs, pafs.LocalFileSystem) else _S3(path, s3)
 
 
@@ -212,7 +213,7 @@ def acquire(fs: pafs.FileSystem, date_dir: str, run_id: str, seconds: float, wai
 
     Raises LeaseHeld naming the live holder when it is still held after `wait`.
     """
-    store = _store(fs, storage.join(date_dir, LEASE), s3)
+    store = compare_and_swap(fs, storage.join(date_dir, LEASE), s3)
     deadline = time.monotonic() + wait
     while True:
         holder = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),

@@ -13,9 +13,7 @@ holds aggregates only, never a customer's row.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,10 +21,11 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from . import pages
+from .challenger import html_section
 from .config import MonitoringSpec, SchemaSpec, ScorecardSpec, SensitiveSpec
 from .scorecard import pd_to_score
 
@@ -41,7 +40,6 @@ PSI_EPS = 1e-4  # share given to an empty bin so its log term stays finite
 MISSING = "missing"
 OUT_OF_RANGE = "out of range"
 FOUR_FIFTHS = 0.8  # fairness ratios below this are highlighted (the four-fifths rule of thumb)
-LEVEL_COLOURS = {"ok": "#2e7d32", "warn": "#ef8f00", "alert": "#c62828"}
 
 ArrayLike = np.ndarray | pa.Array | pa.ChunkedArray | Sequence[Any]
 Distribution = dict[str, Any]  # one variable's binned reference, as stored in reference.json
@@ -62,7 +60,7 @@ def _strings(values: ArrayLike) -> pa.Array | pa.ChunkedArray:
     return pc.cast(values, pa.string())
 
 
-def _merge_small(counts: np.ndarray, k: int) -> np.ndarray:
+def merge_small(counts: np.ndarray, k: int) -> np.ndarray:
     """First bin of each group after merging adjacent bins until no non-empty bin holds fewer than k rows.
 
     The smallest such bin joins its smaller non-empty neighbour, with any empty bins between
@@ -100,7 +98,7 @@ def numeric_distribution(values: ArrayLike, min_group_size: int, extra_cuts: Seq
     cuts = np.unique(np.concatenate([np.quantile(x[ok], np.linspace(0, 1, PSI_BINS + 1)[1:-1]),
                                      np.asarray(extra_cuts, dtype=np.float64)]))
     counts = np.bincount(np.searchsorted(cuts, x[ok], side="left"), minlength=len(cuts) + 1)
-    starts = _merge_small(counts, min_group_size)
+    starts = merge_small(counts, min_group_size)
     return {"kind": "numeric", "cuts": cuts[starts[1:] - 1].tolist(),
             "counts": np.add.reduceat(counts, starts).tolist(), "nulls": nulls}
 
@@ -138,7 +136,7 @@ def histogram(values: ArrayLike, edges: np.ndarray, min_group_size: int) -> Dist
     counts = np.histogram(np.clip(x, edges[0], edges[-1]), bins=edges)[0]
     if counts.sum() < min_group_size:
         return {"edges": [float(edges[0]), float(edges[-1])], "counts": [0]}
-    starts = _merge_small(counts, min_group_size)
+    starts = merge_small(counts, min_group_size)
     return {"edges": np.append(edges[starts], edges[-1]).tolist(), "counts": np.add.reduceat(counts, starts).tolist()}
 
 
@@ -368,6 +366,20 @@ def _alerts(score_psi: float, feature_psi_values: dict[str, float], quarantine_r
     return alerts
 
 
+def _status(alerts: list[dict[str, Any]]) -> str:
+    levels = {a["level"] for a in alerts}
+    return "alert" if "alert" in levels else "warn" if "warn" in levels else "ok"
+
+
+def with_alerts(report: dict[str, Any], alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report with alerts raised beside it (back-tests, the challenger run) added and its
+    status, today's trend point's too, recomputed."""
+    out = {**report, "alerts": [*report["alerts"], *pages.jsonable(alerts)]}
+    out["status"] = _status(out["alerts"])
+    out["trend"] = [*report["trend"][:-1], {**report["trend"][-1], "status": out["status"]}]
+    return out
+
+
 TREND_KEYS = ("band_shares", "quarantine_rate", "score_psi", "mean_pd", "status")
 
 
@@ -380,21 +392,6 @@ def _trend(date: str, current: dict[str, Any], history: list[dict[str, Any]], n:
     points = [{"date": d, **{k: earlier[d].get(k) for k in TREND_KEYS}} for d in sorted(earlier)]
     points.append({"date": date, **{k: current[k] for k in TREND_KEYS}})
     return points[-n:]
-
-
-def _jsonable(x: Any) -> Any:
-    """Plain JSON types; NaN/inf become None so report.json is strict JSON."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    return x
 
 
 def build_report(*, date: str, scores: pa.Table, quarantine_rows: int, input_rows: int, features: pa.Table,
@@ -426,11 +423,10 @@ def build_report(*, date: str, scores: pa.Table, quarantine_rows: int, input_row
     score_psi = psi(reference["pd"], pd_cur)
     feat_psi = feature_psi(reference, features, schema)
     alerts = _alerts(score_psi, feat_psi, quarantine_rate, spec)
-    levels = {a["level"] for a in alerts}
 
     report: dict[str, Any] = {
         "date": date,
-        "status": "alert" if "alert" in levels else "warn" if "warn" in levels else "ok",
+        "status": _status(alerts),
         "input_rows": input_rows,
         "scored_rows": scored_rows,
         "quarantined_rows": quarantine_rows,
@@ -453,22 +449,10 @@ def build_report(*, date: str, scores: pa.Table, quarantine_rows: int, input_row
         "alerts": alerts,
     }
     report["trend"] = _trend(date, report, history, spec.history)
-    return _jsonable(report)
+    return pages.jsonable(report)
 
 
 # --------------------------------------------------------------------------- plots
-def _png(fig: Figure) -> str:
-    """Base64 PNG of a figure, rendered with Agg (no display, no pyplot global state)."""
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _no_data(ax: Any) -> None:
-    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
-
-
 def _band_colours(n: int) -> list[Any]:
     from matplotlib import colormaps
 
@@ -500,9 +484,9 @@ def _plot_pd(ref_hist: Distribution, cur_pd: np.ndarray, report: dict[str, Any])
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log range
         ax.legend()
     else:
-        _no_data(ax)
+        pages.no_data(ax)
     psi = report["score_psi"]
-    ax.set_title(f"12-month PD distribution: current vs reference (score PSI {_fmt(psi, '.3f')})")
+    ax.set_title(f"12-month PD distribution: current vs reference (score PSI {pages.fmt(psi, '.3f')})")
     ax.set_xlabel("12-month probability of default (log scale)")
     ax.set_ylabel("Share of customers per decade of PD")
     return fig
@@ -516,14 +500,14 @@ def _plot_psi(report: dict[str, Any]) -> Figure:
     fig = Figure(figsize=(8, 1.5 + 0.28 * len(items)))
     ax = fig.add_subplot()
     values = [v or 0.0 for _, v in items]
-    colours = [LEVEL_COLOURS["alert"] if v > t["psi_alert"] else LEVEL_COLOURS["warn"] if v > t["psi_warn"]
-               else LEVEL_COLOURS["ok"] for v in values]
+    colours = [pages.LEVEL_COLOURS["alert"] if v > t["psi_alert"] else pages.LEVEL_COLOURS["warn"] if v > t["psi_warn"]
+               else pages.LEVEL_COLOURS["ok"] for v in values]
     y = np.arange(len(items))
     ax.barh(y, values, color=colours)
     ax.set_yticks(y, [k for k, _ in items], fontsize=8)
     ax.invert_yaxis()
-    ax.axvline(t["psi_warn"], color=LEVEL_COLOURS["warn"], linestyle="--", label=f"warn ({t['psi_warn']:g})")
-    ax.axvline(t["psi_alert"], color=LEVEL_COLOURS["alert"], linestyle="--", label=f"alert ({t['psi_alert']:g})")
+    ax.axvline(t["psi_warn"], color=pages.LEVEL_COLOURS["warn"], linestyle="--", label=f"warn ({t['psi_warn']:g})")
+    ax.axvline(t["psi_alert"], color=pages.LEVEL_COLOURS["alert"], linestyle="--", label=f"alert ({t['psi_alert']:g})")
     ax.set_xlim(0, max(max(values), t["psi_alert"]) * 1.15)
     ax.legend(loc="lower right")
     ax.set_title("Population stability index vs reference")
@@ -574,8 +558,9 @@ def _plot_trend(report: dict[str, Any]) -> Figure:
 
     psi = np.array([p.get("score_psi") if p.get("score_psi") is not None else np.nan for p in points], dtype=float)
     ax_psi.plot(x, psi, marker="o", color="#1565c0", label="Score PSI")
-    ax_psi.axhline(t["psi_warn"], color=LEVEL_COLOURS["warn"], linestyle="--", label=f"warn ({t['psi_warn']:g})")
-    ax_psi.axhline(t["psi_alert"], color=LEVEL_COLOURS["alert"], linestyle="--", label=f"alert ({t['psi_alert']:g})")
+    ax_psi.axhline(t["psi_warn"], color=pages.LEVEL_COLOURS["warn"], linestyle="--", label=f"warn ({t['psi_warn']:g})")
+    ax_psi.axhline(t["psi_alert"], color=pages.LEVEL_COLOURS["alert"], linestyle="--",
+                   label=f"alert ({t['psi_alert']:g})")
     ax_psi.set_ylim(0, max(np.nanmax(psi, initial=0.0), t["psi_alert"]) * 1.2)
     ax_psi.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax_psi.set_title("Score PSI vs reference by date")
@@ -584,7 +569,7 @@ def _plot_trend(report: dict[str, Any]) -> Figure:
     rate = np.array([p.get("quarantine_rate") if p.get("quarantine_rate") is not None else np.nan for p in points],
                     dtype=float)
     ax_q.plot(x, rate * 100, marker="o", color="#6a1b9a", label="Quarantine rate")
-    ax_q.axhline(t["quarantine_alert"] * 100, color=LEVEL_COLOURS["alert"], linestyle="--",
+    ax_q.axhline(t["quarantine_alert"] * 100, color=pages.LEVEL_COLOURS["alert"], linestyle="--",
                  label=f"alert ({t['quarantine_alert']:.1%})")
     ax_q.set_ylim(0, max(np.nanmax(rate, initial=0.0), t["quarantine_alert"]) * 120)
     ax_q.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -596,35 +581,56 @@ def _plot_trend(report: dict[str, Any]) -> Figure:
     return fig
 
 
+def _plot_outcomes(points: list[dict[str, Any]]) -> Figure:
+    """Back-tested dates: realised AUC (champion, and challenger where one was scored), and mean
+    predicted PD against the realised default rate."""
+    x = np.arange(len(points))
+    fig = Figure(figsize=(9, 6))
+    ax_auc, ax_cal = fig.subplots(2, 1, sharex=True)
+
+    def series(key: str) -> np.ndarray:
+        return np.array([p.get(key) if p.get(key) is not None else np.nan for p in points], dtype=float)
+
+    ax_auc.plot(x, series("auc"), marker="o", color="#1565c0", label="champion")
+    if np.isfinite(series("challenger_auc")).any():
+        ax_auc.plot(x, series("challenger_auc"), marker="s", color="#ef8f00", label="challenger")
+    ax_auc.set_ylim(0.5, 1.0)
+    ax_auc.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax_auc.set_title("Realised default AUC by scored date")
+    ax_auc.set_ylabel("AUC")
+    ax_cal.plot(x, series("mean_pd") * 100, marker="o", color="#1565c0", label="mean predicted PD")
+    ax_cal.plot(x, series("default_rate") * 100, marker="o", color="#c62828", label="realised default rate")
+    ax_cal.set_ylim(bottom=0)
+    ax_cal.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax_cal.set_title("Calibration by scored date")
+    ax_cal.set_ylabel("% of customers")
+    ax_cal.set_xlabel("Snapshot date scored")
+    step = max(1, len(points) // 15)
+    ax_cal.set_xticks(x[::step], [p["date"] for p in points][::step], rotation=45, ha="right", fontsize=8)
+    return fig
+
+
+def _model_html(report: dict[str, Any]) -> str:
+    m = report.get("model_in_force")
+    if not m:
+        return ""
+    since = (f", approved {m['since']} by {m['by']}: {m['why']}" if m.get("since")
+             else " (configured directly, not through the approved-model pointer)" if "manifest_sha256" not in m
+             else " (no promotion on record)")
+    ab = report.get("ab_test")
+    test = (f" A/B test of recommendations: {ab['rows']['challenger']:,} customers ({ab['share']:.0%} share, salt "
+            f"{ab['salt']}) got the challenger's." if ab else "")
+    return f'<p class="note">Model in force: {html.escape(str(m["model"]) + since)}.{html.escape(test)}</p>'
+
+
+def _outcomes_html(report: dict[str, Any]) -> str:
+    points = report.get("outcomes")
+    if not points:
+        return '<p class="note">No back-test yet: outcomes land months after a date is scored (nightly.outcomes).</p>'
+    return pages.img(pages.png(_plot_outcomes(points)), "Realised AUC and calibration by scored date")
+
+
 # --------------------------------------------------------------------------- HTML
-def _fmt(x: Any, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1000px;
-color:#212121;padding:0 1rem}
-h1{font-size:1.5rem;margin-bottom:.3rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
-.status{display:inline-block;color:#fff;font-weight:bold;padding:.2rem .8rem;border-radius:4px;font-size:1.1rem}
-table{border-collapse:collapse;margin:.5rem 0 1rem}th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
-th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}
-td.warn{background:#fff3e0}td.alert{background:#ffebee}.note{color:#616161;font-size:.9rem}
-img{max-width:100%;display:block;margin:.5rem 0}
-"""
-
-
-def _table(header: list[str], rows: list[list[tuple[str, str]]]) -> str:
-    """HTML table; each cell is (text, css class). Text is escaped here, once."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f'<td class="{c}">{html.escape(v)}</td>' if c else f"<td>{html.escape(v)}</td>"
-                                    for v, c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _img(b64: str, alt: str) -> str:
-    return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}">'
-
-
 def _alert_format(alert: dict[str, Any]) -> str:
     return ".2%" if alert["metric"] == "quarantine_rate" else ".3f"
 
@@ -647,16 +653,21 @@ def _fairness_html(report: dict[str, Any]) -> str:
             if g["suppressed"]:
                 rows.append([(name, ""), (f"suppressed ({g['suppressed']})", "note")] + [("", "")] * (5 + len(bands)))
                 continue
-            rows.append([(name, ""), (f"{g['n']:,}", ""), (_fmt(g["share"], ".1%"), ""),
-                         (_fmt(g["mean_score"], ".1f"), ""),
-                         (_fmt(g["score_ratio"], ".3f"), _ratio_class(g["score_ratio"])),
-                         (_fmt(g["recommendation_rate"], ".1%"), ""),
-                         (_fmt(g["recommendation_ratio"], ".3f"), _ratio_class(g["recommendation_ratio"]))]
-                        + [(_fmt(g["band_shares"][b], ".1%"), "") for b in bands])
+            rows.append([(name, ""), (f"{g['n']:,}", ""), (pages.fmt(g["share"], ".1%"), ""),
+                         (pages.fmt(g["mean_score"], ".1f"), ""),
+                         (pages.fmt(g["score_ratio"], ".3f"), _ratio_class(g["score_ratio"])),
+                         (pages.fmt(g["recommendation_rate"], ".1%"), ""),
+                         (pages.fmt(g["recommendation_ratio"], ".3f"), _ratio_class(g["recommendation_ratio"]))]
+                        + [(pages.fmt(g["band_shares"][b], ".1%"), "") for b in bands])
         parts.append(f"<h3>{html.escape(attr['label'])}</h3>")
-        parts.append(_table(["Group", "Customers", "Share", "Mean score", "Score ratio", "Recommended",
+        parts.append(pages.table(["Group", "Customers", "Share", "Mean score", "Score ratio", "Recommended",
                              "Rec. ratio"] + [f"Band {b}" for b in bands], rows))
     return "".join(parts)
+
+
+def challenger_html(report: dict[str, Any]) -> str:
+    ch = report.get("challenger")
+    return html_section(None if ch is None or "error" in ch else ch, (ch or {}).get("error"))
 
 
 def render_html(report: dict[str, Any], reference: dict[str, Any], scores_pd: ArrayLike) -> str:
@@ -667,38 +678,43 @@ def render_html(report: dict[str, Any], reference: dict[str, Any], scores_pd: Ar
         ("Input rows", f"{report['input_rows']:,}"),
         ("Scored rows", f"{report['scored_rows']:,}"),
         ("Quarantined rows", f"{report['quarantined_rows']:,} ({report['quarantine_rate']:.2%})"),
-        ("Mean PD (reference)", f"{_fmt(report['mean_pd'], '.2%')} ({_fmt(report['reference_mean_pd'], '.2%')})"),
+        ("Mean PD (reference)",
+         f"{pages.fmt(report['mean_pd'], '.2%')} ({pages.fmt(report['reference_mean_pd'], '.2%')})"),
         ("Credit score mean / p5 / p50 / p95",
-         " / ".join(_fmt(s[k], ".0f") for k in ("mean", "p5", "p50", "p95"))),
-        ("Score PSI", _fmt(report["score_psi"], ".3f")),
-        ("Customers with a recommendation", _fmt(report["recommendation_coverage"], ".1%")),
-        ("Recommendations per customer", _fmt(report["mean_recommendations"], ".2f")),
+         " / ".join(pages.fmt(s[k], ".0f") for k in ("mean", "p5", "p50", "p95"))),
+        ("Score PSI", pages.fmt(report["score_psi"], ".3f")),
+        ("Customers with a recommendation", pages.fmt(report["recommendation_coverage"], ".1%")),
+        ("Recommendations per customer", pages.fmt(report["mean_recommendations"], ".2f")),
     ]
-    alert_rows = [[(a["metric"], ""), (_fmt(a["value"], _alert_format(a)), a["level"]),
-                   (_fmt(a["threshold"], _alert_format(a)), ""), (a["level"], a["level"])] for a in report["alerts"]]
-    alerts = (_table(["Metric", "Value", "Threshold", "Level"], alert_rows) if alert_rows
+    alert_rows = [[(a["metric"], ""), (pages.fmt(a["value"], _alert_format(a)), a["level"]),
+                   (pages.fmt(a["threshold"], _alert_format(a)), ""), (a["level"], a["level"])]
+                  for a in report["alerts"]]
+    alerts = (pages.table(["Metric", "Value", "Threshold", "Level"], alert_rows) if alert_rows
               else '<p class="note">No threshold crossed.</p>')
     plots = [
-        _img(_png(_plot_pd(reference["pd_histogram"], _floats(scores_pd), report)), "PD histogram"),
-        _img(_png(_plot_psi(report)), "PSI per feature"),
-        _img(_png(_plot_bands(report)), "Risk band shares"),
-        _img(_png(_plot_trend(report)), "Trends over recent dates"),
+        pages.img(pages.png(_plot_pd(reference["pd_histogram"], _floats(scores_pd), report)), "PD histogram"),
+        pages.img(pages.png(_plot_psi(report)), "PSI per feature"),
+        pages.img(pages.png(_plot_bands(report)), "Risk band shares"),
+        pages.img(pages.png(_plot_trend(report)), "Trends over recent dates"),
     ]
     date = html.escape(report["date"])
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>nightscore monitoring {date}</title><style>{_CSS}</style></head>
+<html lang="en"><head><meta charset="utf-8"><title>nightscore monitoring {date}</title><style>{pages.CSS}</style></head>
 <body>
 <h1>nightscore monitoring report: {date}</h1>
-<p><span class="status" style="background:{LEVEL_COLOURS[status]}">{html.escape(status.upper())}</span>
+<p><span class="status" style="background:{pages.LEVEL_COLOURS[status]}">{html.escape(status.upper())}</span>
 &nbsp;{len(report['alerts'])} threshold(s) crossed; PSI warn {report['thresholds']['psi_warn']:g},
 alert {report['thresholds']['psi_alert']:g}; quarantine alert {report['thresholds']['quarantine_alert']:.1%}.</p>
-<h2>Summary</h2>{_table(["Measure", "Value"], [[(k, ""), (v, "")] for k, v in summary])}
+{_model_html(report)}
+<h2>Summary</h2>{pages.table(["Measure", "Value"], [[(k, ""), (v, "")] for k, v in summary])}
 <h2>Alerts</h2>{alerts}
 <h2>Score distribution</h2>{plots[0]}
 <h2>Population stability</h2>{plots[1]}
 <h2>Risk bands</h2>{plots[2]}
 <h2>Trends (last {len(report['trend'])} date(s))</h2>{plots[3]}
 <h2>Fairness</h2>{_fairness_html(report)}
+<h2>Outcomes (back-tests)</h2>{_outcomes_html(report)}
+<h2>Champion vs challenger</h2>{challenger_html(report)}
 </body></html>
 """
 

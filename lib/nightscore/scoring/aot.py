@@ -24,11 +24,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from ..model.store import LoadedModel, cache_root, check_private, private_dir, sha256_file
-from .inference import swap_linears
+from . import torch_private as private
+from .kernels import swap_linears
 
 FORMAT = 3  # bump when what a package holds changes
 HEADS = ("default_logit", "product_logits")
@@ -80,8 +79,14 @@ def bmm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(ATTENTION, bmm_attention)
-AttentionMaskInterface.register(ATTENTION, eager_mask)  # the additive float mask bmm_attention adds
+def register_attention() -> None:
+    """Make ATTENTION a Hugging Face attention implementation (process-wide, idempotent): done by
+    package_form, the one place that names it, so importing this module changes nothing."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTENTION, bmm_attention)
+    AttentionMaskInterface.register(ATTENTION, eager_mask)  # the additive float mask bmm_attention adds
 
 
 class _Heads(nn.Module):
@@ -112,6 +117,7 @@ def package_form(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
     """A copy of the model as a package computes it: backbone linears in `dtype` (heads in fp32,
     as under autocast), attention by bmm_attention where the backbone takes Hugging Face's
     attention functions. The original is left as it was."""
+    register_attention()
     model = copy.deepcopy(model).eval().requires_grad_(False)
     model.backbone.config._attn_implementation = ATTENTION  # the copy's config only
     if dtype is not None:
@@ -131,8 +137,7 @@ def build(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, length: int
     try:
         with torch.no_grad():  # Inductor freezes (and so prepacks) weights in inference graphs only
             program = torch.export.export(_Heads(model, heads_of(loaded)), example, dynamic_shapes=(dims, dims))
-            torch._inductor.aoti_compile_and_package(program, package_path=str(staging / "model.pt2"),
-                                                     inductor_configs={"freezing": True})
+            private.aoti_compile(program, str(staging / "model.pt2"))
         with zipfile.ZipFile(staging / "model.pt2") as archive:
             (so,) = [n for n in archive.namelist() if n.endswith(".so")]
             with archive.open(so) as src, open(staging / "model.so", "wb") as dst:
@@ -151,24 +156,18 @@ def build(loaded: LoadedModel, dtype: torch.dtype | None, rows: int, length: int
 
 def load(target: Path, heads: list[str]) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
     """The package's forward, after checking it and its cache are private folders (check_private)
-    and its file against the recorded sha256.
-
-    The runtime copies the weights into one malloc'd block that glibc aligns to 16 bytes, not to
-    the 64 oneDNN's AMX kernels read in, which slows the linear layers several-fold. The weights
-    are therefore copied once more, into aligned tensors, and
-    handed back to the runtime, which then frees its own block.
-    """
+    and its file against the recorded sha256. Its weights are copied once more into 64-byte-aligned
+    memory (realign_constants); where that API is missing it runs on the runtime's own copy."""
     for folder in (target.parent, target):
         check_private(folder)
     record = json.loads((target / "package.json").read_text())
     if sha256_file(target / "model.so") != record["model.so"]:
         raise ValueError(f"{target / 'model.so'} does not match its recorded sha256")
-    runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(target / "model.so"), 1)
-    name_of = {fqn: name for name, fqn in runner.get_constant_names_to_original_fqns().items()}
-    aligned = {name_of[fqn]: t.clone() for fqn, t in runner.extract_constants_map(False).items()}
-    runner.update_constant_buffer(aligned, True, True, True)  # all of them, into the inactive buffer, user-managed
-    runner.swap_constant_buffer()
-    runner.free_inactive_constant_buffer()
+    runner = private.aoti_runner(str(target / "model.so"))
+    try:
+        aligned = private.realign_constants(runner)
+    except private.Unavailable:
+        aligned = {}
 
     def forward(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return dict(zip(heads, runner.run([inputs_embeds.contiguous(), attention_mask.contiguous()])))

@@ -20,6 +20,7 @@ SCHEMA = pa.schema([
     ("recommendations", pa.list_(RECOMMENDATION)),
     ("model_version", pa.string()),
     ("run_id", pa.string()),
+    ("recommendation_arm", pa.string()),  # "champion", or "challenger" for an A/B test's share (nightly)
 ])
 
 
@@ -63,6 +64,7 @@ def scores_table(rows: pa.Table, *, cfg: Config, catalog: Catalog, product_index
         "recommendations": pa.array(recs, pa.list_(RECOMMENDATION)),
         "model_version": pa.array([model_version] * n, pa.string()),
         "run_id": pa.array([run_id] * n, pa.string()),
+        "recommendation_arm": pa.array(["champion"] * n, pa.string()),
     }, schema=SCHEMA)
 
 

@@ -29,7 +29,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .. import lease, partition, storage
-from ..cluster import init_ray
+from ..challenger import ABTest, publish_ab
+from ..cluster import check_shared_storage, init_ray
 from ..config import Config, ConfigError
 from ..drills import drill
 from ..model import store
@@ -54,16 +55,14 @@ class ScoringActor:
     def __init__(self, model_uri: str, cfg: dict[str, Any], run_id: str, compile: bool | str,
                  kill_after_batches: int | None = None, fail_marker: str | None = None, progress: Any = None):
         started = time.perf_counter()
-        import torch
-
-        from .inference import Predictor
+        from .inference import Predictor  # its creation makes the process's settings (execution.configure_process)
 
         self.cfg = Config.model_validate(cfg)
         s = self.cfg.score
         loaded = store.load(model_uri, self.cfg.storage.s3)
         self.predictor = Predictor(loaded, precision=s.precision, micro_batch=s.micro_batch,
                                    threads=s.torch_threads or max(1, int(s.cpus_per_actor)),
-                                   device="cuda" if s.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu",
+                                   device=None if s.gpus_per_actor > 0 else "cpu",  # None: a GPU if Ray gave one
                                    gpus=max(1, int(s.gpus_per_actor)), onednn=s.onednn, compile=compile,
                                    compiled_cache=s.compiled_cache)
         self.model_cfg = loaded.config
@@ -82,13 +81,10 @@ class ScoringActor:
         from .outputs import explain_mask, reasons_for, scores_table
 
         self._fault_drill()
-        started = time.perf_counter()
         # gradients (and the activations they keep) only when reason codes are asked for
         explain = (lambda pd: explain_mask(pd, self.cfg)) if self.cfg.scorecard.reason_codes else None
         preds = self.predictor.predict(batch, explain=explain)
         reasons = reasons_for(preds, self.model_cfg, self.cfg, batch.num_rows)
-        if self.batches == 1:
-            print(f"[score] first batch: {batch.num_rows} rows in {time.perf_counter() - started:.1f} s", flush=True)
         if self.progress is not None:
             self.progress.add.remote(batch.num_rows)  # fire and forget: one small call per batch
         return scores_table(batch, cfg=self.cfg, catalog=self.catalog, product_index=self.product_index,
@@ -117,16 +113,33 @@ class RowCounter:
         return self.rows
 
 
-def report_progress(counter: Any, input_rows: int, stop: threading.Event, every: float = 30.0) -> None:
+def report_progress(counter: Any, input_rows: int, stop: threading.Event, every: float = 30.0,
+                    stalled_after: float = 300.0) -> None:
     """One line every `every` seconds while scoring runs: rows done, rows/s and time left (quarantined
-    rows are never scored, so a run ends a little short of the input count)."""
+    rows are never scored, so a run ends a little short of the input count), and a warning when
+    no row moved for `stalled_after` seconds: an actor lost with its node waits for a free CPU/GPU."""
     import ray
 
     started = time.perf_counter()
+    last, moved = -1, started
     while not stop.wait(every):
-        done = ray.get(counter.total.remote())
-        rate = done / (time.perf_counter() - started)
-        seconds = (input_rows - done) / rate if rate > 0 else float("inf")
+        try:
+            done = ray.get(counter.total.remote())
+        except ray.exceptions.RayError:  # the counter is gone with its node: the run itself goes on
+            return
+        now = time.perf_counter()
+        if done != last:
+            last, moved = done, now
+        elif now - moved >= stalled_after:
+            print(f"[score] no rows scored for {(now - moved) / 60:.0f} min: an actor is waiting for a node with a "
+                  "free CPU/GPU (a lost node not yet replaced?); nothing is committed until the run completes, and "
+                  "stopping it is safe", flush=True)
+            continue
+        if not done:
+            print(f"[score] 0 of {input_rows:,} rows: the actors are still starting", flush=True)
+            continue
+        rate = done / (now - started)
+        seconds = (input_rows - done) / rate
         left = ("finishing" if done >= input_rows else f"about {seconds / 60:.0f} min left" if seconds >= 120
                 else f"about {seconds:.0f} s left")
         print(f"[score] {done:,} of {input_rows:,} rows ({done / max(input_rows, 1):.0%}), {rate:.0f} rows/s, {left}",
@@ -161,12 +174,13 @@ def resolve_input(uri: str, date: dt.date, s3) -> tuple[Any, str, list[str]]:
 
 
 def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.date,
-        force: bool = False, wait: float = 0.0) -> dict[str, Any]:
+        force: bool = False, wait: float = 0.0, ab: ABTest | None = None) -> dict[str, Any]:
     """Score one date and commit it. Returns the manifest (or the existing one when skipped).
 
     The date's lease is held from before the committed-check until after the commit, so two
     runs of one date (a cron retry and a manual --force) never interleave: the second exits
-    naming the first, or waits up to `wait` seconds for it.
+    naming the first, or waits up to `wait` seconds for it. With `ab`, the challenger arm's rows
+    carry the recommendations of the challenger's committed scores of the same date.
     """
     started = dt.datetime.now(dt.timezone.utc)
     out_fs, out_root = storage.filesystem(output_uri, cfg.storage.s3)
@@ -180,7 +194,7 @@ def run(cfg: Config, input_uri: str, model_uri: str, output_uri: str, date: dt.d
         existing = partition.manifest(out_fs, out_root, date)  # a run we waited for may have committed it
         if existing and not force:
             return {**existing, "skipped": True}
-        record = _score(cfg, model_uri, inputs, out_fs, out_root, date, run_id, started)
+        record = _score(cfg, model_uri, inputs, out_fs, out_root, date, run_id, started, ab)
         held.check()  # still ours: no other run can have started on this date meanwhile
         partition.commit(out_fs, out_root, date, record)
     return record
@@ -221,9 +235,10 @@ def _checked_inputs(cfg: Config, input_uri: str, model_uri: str, date: dt.date) 
 
 
 def _score(cfg: Config, model_uri: str, inputs: Inputs, out_fs, out_root: str, date: dt.date, run_id: str,
-           started: dt.datetime) -> dict[str, Any]:
+           started: dt.datetime, ab: ABTest | None) -> dict[str, Any]:
     """Write this run's scores and quarantine into its own folder and check them; returns the manifest."""
     import ray.data
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     model_dir, loaded_meta, model_cfg = inputs.model_dir, inputs.meta, inputs.model_cfg
     in_fs, in_path, files, dups, input_rows = inputs.fs, inputs.path, inputs.files, inputs.duplicate_ids, inputs.rows
@@ -236,6 +251,7 @@ def _score(cfg: Config, model_uri: str, inputs: Inputs, out_fs, out_root: str, d
 
     staging = partition.run_dir(out_root, date, run_id)
     init_ray(cfg.ray)
+    check_shared_storage(storage.to_uri(out_fs, out_root), "the output")  # every node's actors write there
     lap("ray_start")
     s = cfg.score
     quarantine = ThreadPoolExecutor(1, thread_name_prefix="quarantine").submit(
@@ -257,7 +273,8 @@ def _score(cfg: Config, model_uri: str, inputs: Inputs, out_fs, out_root: str, d
     # Ray's V2 Parquet reader starts a pool of footer-reading actors (~14 CPU-seconds on a
     # laptop); preflight has already read every footer, so the V1 reader's plan is enough.
     data_ctx.use_datasource_v2 = False
-    progress = ray.remote(num_cpus=0)(RowCounter).remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    progress = ray.remote(num_cpus=0)(RowCounter).options(scheduling_strategy=here).remote()  # dies with us only
     stop = threading.Event()
     threading.Thread(target=report_progress, args=(progress, input_rows, stop), daemon=True).start()
     try:
@@ -278,6 +295,7 @@ def _score(cfg: Config, model_uri: str, inputs: Inputs, out_fs, out_root: str, d
         stop.set()
         counts = quarantine.result()  # its error, if any, is raised here; nothing is committed either way
     lap("scoring")
+    ab_record = publish_ab(out_fs, storage.join(staging, "scores"), date, ab, cfg.storage.s3) if ab else None
     if counts.summary():
         print(f"[score] inputs the model's encoders had not seen (rows per feature): {counts.summary()}", flush=True)
     record = _check(out_fs, staging, in_fs, files, cfg, input_rows)
@@ -286,11 +304,14 @@ def _score(cfg: Config, model_uri: str, inputs: Inputs, out_fs, out_root: str, d
     record.update({
         "run_id": run_id, "snapshot_date": date.isoformat(), "input_uri": storage.to_uri(in_fs, in_path),
         "model_uri": model_uri, "model_version": loaded_meta["version"],
-        "model_weights_sha256": loaded_meta["weights_sha256"], "config_hash": cfg.digest(),
+        "model_weights_sha256": loaded_meta["weights_sha256"],
+        "model_manifest_sha256": store.sha256_file(model_dir / store.MANIFEST), "config_hash": cfg.digest(),
         "code_version": code_version(), "started_at": started.isoformat(), "finished_at": finished.isoformat(),
         "rows_per_s": round(input_rows / max((finished - started).total_seconds(), 1e-9), 2),
         "phase_seconds": phases, "input_counts": counts.as_dict(),
     })
+    if ab_record:
+        record["ab_test"] = ab_record
     if drill("fail_before_commit"):
         raise InvariantError("fault drill: stopping before commit (fail_before_commit)")
     return record

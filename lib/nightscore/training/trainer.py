@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import encode, storage
-from ..cluster import init_ray
+from ..cluster import check_shared_storage, init_ray
 from ..config import Config, ConfigError
 from ..drills import drill
 from ..encode import Encoders
@@ -182,6 +182,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
     catalog = load_catalog(cfg.products.catalog, cfg.storage.s3)
     backbone_dir = store.resolve_backbone(cfg.model.backbone, cfg.storage.s3)
     init_ray(cfg.ray, dashboard=True)  # Ray Train's placement-group cleaner asks the state API
+    check_shared_storage(storage_path, "--storage")  # on a cluster, every node must reach the checkpoints
 
     product_ids = catalog.ids if cfg.schema.labels.products else []  # no product labels: no product head
     t = cfg.train
