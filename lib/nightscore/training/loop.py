@@ -312,7 +312,7 @@ class Progress:
     far (evaluation and checkpoints included, so the ETA firms up after the first epoch)."""
 
     def __init__(self, first_epoch: int, epochs: int, epoch_rows: int, world: int,
-                 emit: Callable[[str], None], every_s: float = 30.0, clock: Callable[[], float] = time.time):
+                 emit: Callable[[str], None], every_s: float = 60.0, clock: Callable[[], float] = time.time):
         self.first, self.epochs, self.rows, self.world = first_epoch, epochs, epoch_rows, world
         self._emit, self._every_s, self._clock = emit, every_s, clock
         self.start = self._last = clock()
