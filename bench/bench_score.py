@@ -263,7 +263,7 @@ def spark_rows_per_s(snapshot_dir: str, model_dir: str, cfg, rows: int, cores: i
             inputs, logits = inputs_of(frame, loaded), []
             with torch.inference_mode(), autocast:
                 for i in range(0, inputs.num_rows, micro_batch):
-                    x = to_tensors(inputs, np.arange(i, min(i + micro_batch, inputs.num_rows)))
+                    x = to_tensors(inputs.slice(i, micro_batch))
                     logits.append(model(x)["default_logit"].float().numpy())
             yield pd.Series(calibration.apply(loaded.meta["calibration"], np.concatenate(logits)))
 

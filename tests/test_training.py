@@ -130,6 +130,18 @@ def test_config_must_match_labels(tiny_backbone, labelled, tmp_path):
         train(cfg, labelled, None, str(tmp_path / "m"), storage_path=str(tmp_path / "runs"))
 
 
+def test_a_run_folder_other_users_can_write_is_refused_before_training(tiny_backbone, labelled, tmp_path):
+    """Resume and export read the run's DeepSpeed checkpoints back (pickles): never from a folder
+    another user could have written them into."""
+    run = tmp_path / "runs" / "shared"
+    run.mkdir(parents=True)
+    run.chmod(0o777)
+    with pytest.raises(store.ModelError, match=f"{run} can be written by other users.*training checkpoints"):
+        train(cfg_for(tiny_backbone), labelled, None, str(tmp_path / "m"), storage_path=str(tmp_path / "runs"),
+              run_name="shared")
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_120_column_table_trains_and_scores_end_to_end(ray_local, tiny_backbone, tmp_path):
     """Any table width: 119 structured columns enter as one token each, the text after them,
     through configuration alone; the model scores the same table and commits."""

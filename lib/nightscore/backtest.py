@@ -32,7 +32,7 @@ from .config import BacktestSpec, Config, ConfigError
 from .monitoring import merge_small
 from .schema import default_label, label_columns
 from .scoring.outputs import SCHEMA as SCORES_SCHEMA
-from .suitability import load_catalog
+from .suitability import load_catalog, recommended_ranks
 from .training.data import multi_hot, product_lists
 from .validate import InputFileError, _cast_column
 
@@ -168,29 +168,22 @@ def default_section(scores: pa.Table, y: pa.Array, cfg: Config) -> dict[str, Any
 
 
 # --------------------------------------------------------------------------- recommendations
-def _recommended(recs: pa.ChunkedArray, product_ids: list[str], top_k: int) -> np.ndarray:
-    """(customers, products) rank of each recommended product (1 = first), 0 where not recommended."""
-    recs = pc.fill_null(recs, pa.scalar([], recs.type)).combine_chunks()
-    flat = recs.flatten()
-    rows = pc.list_parent_indices(recs).to_numpy(zero_copy_only=False)
-    cols = pc.fill_null(pc.index_in(flat.field("product_id"), value_set=pa.array(product_ids, pa.string())), -1)
-    cols = cols.to_numpy(zero_copy_only=False)
-    rank = flat.field("rank").to_numpy(zero_copy_only=False)
-    keep = (cols >= 0) & (rank <= top_k)
-    out = np.zeros((len(recs), len(product_ids)), dtype=np.int64)
-    out[rows[keep], cols[keep]] = rank[keep]
-    return out
+def _takeup(scores: pa.Table, outcomes: pa.Table, matched: np.ndarray, cfg: Config
+            ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Over the customers with an outcome: the catalog's product ids, which products each took up
+    (customers, products) and the rank each was recommended at (0: not in the top k)."""
+    product_ids = load_catalog(cfg.products.catalog, cfg.storage.s3).ids
+    keep = pa.array(matched)
+    taken = multi_hot(product_lists(outcomes.filter(keep), cfg.schema.labels.products), product_ids) > 0.5
+    rank = recommended_ranks(scores.column("recommendations").filter(keep), product_ids, cfg.products.top_k)
+    return product_ids, taken, rank
 
 
-def recommendation_section(scores: pa.Table, outcomes: pa.Table, matched: np.ndarray, cfg: Config
+def recommendation_section(product_ids: list[str], taken: np.ndarray, rank: np.ndarray, cfg: Config
                            ) -> dict[str, Any]:
     """Per product, take-up when recommended vs when not (descriptive: not recommended includes the
     customers it was unsuitable for), and hit rate@k / NDCG@k over customers who took anything up."""
     k, top_k = cfg.monitoring.min_group_size, cfg.products.top_k
-    product_ids = load_catalog(cfg.products.catalog, cfg.storage.s3).ids
-    taken = multi_hot(product_lists(outcomes.filter(pa.array(matched)), cfg.schema.labels.products),
-                      product_ids) > 0.5
-    rank = _recommended(scores.column("recommendations").filter(pa.array(matched)), product_ids, top_k)
     rec = rank > 0
     products = []
     for j, pid in enumerate(product_ids):
@@ -211,7 +204,7 @@ def recommendation_section(scores: pa.Table, outcomes: pa.Table, matched: np.nda
         ranking[f"hit_rate@{top_k}"] = float((taken[active] & rec[active]).any(axis=1).mean())
         ranking[f"ndcg@{top_k}"] = float(ndcg_score(np.hstack([taken[active], np.zeros_like(filler)]),
                                                     np.hstack([position, filler]), k=top_k))
-    return {"customers": int(matched.sum()), "top_k": top_k, **ranking, "products": products}
+    return {"customers": len(taken), "top_k": top_k, **ranking, "products": products}
 
 
 def two_proportions(x0: int, n0: int, x1: int, n1: int, alpha: float) -> dict[str, float]:
@@ -225,7 +218,8 @@ def two_proportions(x0: int, n0: int, x1: int, n1: int, alpha: float) -> dict[st
     return {"difference": r1 - r0, "p_value": p, "ci_low": r1 - r0 - half, "ci_high": r1 - r0 + half}
 
 
-def arms_section(scores: pa.Table, outcomes: pa.Table, matched: np.ndarray, cfg: Config) -> dict[str, Any] | None:
+def arms_section(scores: pa.Table, matched: np.ndarray, taken: np.ndarray, rank: np.ndarray, cfg: Config
+                 ) -> dict[str, Any] | None:
     """The A/B test of recommendations: per arm, the share of customers with an outcome who took up
     a product recommended to them, and the challenger arm's difference with its test. None when
     the scores carry one arm only (no test ran); rates over fewer than min_group_size withheld."""
@@ -235,11 +229,7 @@ def arms_section(scores: pa.Table, outcomes: pa.Table, matched: np.ndarray, cfg:
     if set(arm) != {CHAMPION, CHALLENGER}:
         return None
     k, top_k = cfg.monitoring.min_group_size, cfg.products.top_k
-    product_ids = load_catalog(cfg.products.catalog, cfg.storage.s3).ids
-    taken = multi_hot(product_lists(outcomes.filter(pa.array(matched)), cfg.schema.labels.products),
-                      product_ids) > 0.5
-    recommended = _recommended(scores.column("recommendations").filter(pa.array(matched)), product_ids, top_k) > 0
-    hit = (taken & recommended).any(axis=1)
+    hit = (taken & (rank > 0)).any(axis=1)
     out: dict[str, Any] = {"top_k": top_k, "arms": {}, "test": None}
     for name in (CHAMPION, CHALLENGER):
         n, x = int((arm == name).sum()), int(hit[arm == name].sum())
@@ -279,14 +269,19 @@ def build_report(scores: pa.Table, outcomes: pa.Table, cfg: Config, date: dt.dat
     coverage = {"scored": scored, **counts, "with_outcome": with_outcome, "without_outcome": scored - with_outcome,
                 "share_with_outcome": with_outcome / scored if scored else None}
     default = default_section(scores, y, cfg) if y is not None else None
+    recs = ab = None
+    if labels.products:
+        product_ids, taken, rank = _takeup(scores, aligned, matched, cfg)
+        recs = recommendation_section(product_ids, taken, rank, cfg)
+        ab = arms_section(scores, matched, taken, rank, cfg)
     report = {
         "date": date.isoformat(),
         "model_version": sorted(set(pc.drop_null(scores.column("model_version")).to_pylist())),
         "scores_run_id": sorted(set(pc.drop_null(scores.column("run_id")).to_pylist())),
         "coverage": coverage,
         "default": default,
-        "recommendations": recommendation_section(scores, aligned, matched, cfg) if labels.products else None,
-        "ab_test": arms_section(scores, aligned, matched, cfg) if labels.products else None,
+        "recommendations": recs,
+        "ab_test": ab,
         "thresholds": {**cfg.backtest.model_dump(), "min_group_size": cfg.monitoring.min_group_size},
         "breaches": _breaches(coverage, default, cfg.backtest),
     }

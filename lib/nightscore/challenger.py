@@ -12,13 +12,11 @@ codes stay the champion's) and every row records its arm, so take-up can be comp
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import html
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -27,6 +25,8 @@ from scipy.stats import pearsonr, spearmanr
 
 from . import pages, partition, storage
 from .config import S3Spec
+from .schema import id_hash
+from .suitability import recommended_ranks
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 SCORE_STEP = 10  # points per bin of the score-difference histogram
@@ -45,9 +45,7 @@ def challenger_arm(ids: pa.Array | pa.ChunkedArray, share: float, salt: str) -> 
     """True for the customers in the challenger arm: a keyed hash of the id, so the assignment is
     the same every night and on every rerun, independent of row order and of the training split,
     and changes only when the salt does."""
-    key = hashlib.sha256(salt.encode()).hexdigest()[:16]
-    values = np.asarray(pc.cast(ids, pa.string()).to_pylist(), dtype=object)
-    return (pd.util.hash_array(values, hash_key=key, categorize=False) % 1_000_000) < round(share * 1_000_000)
+    return (id_hash(ids, salt) % 1_000_000) < round(share * 1_000_000)
 
 
 def publish_ab(fs: Any, scores_dir: str, date: dt.date, ab: ABTest, s3: S3Spec | None) -> dict[str, Any]:
@@ -84,10 +82,6 @@ def publish_ab(fs: Any, scores_dir: str, date: dt.date, ab: ABTest, s3: S3Spec |
 
 
 # --------------------------------------------------------------------------- comparison
-def _top(recs: pa.ChunkedArray, k: int) -> list[set[str]]:
-    return [{r["product_id"] for r in row if r["rank"] <= k} if row else set() for row in recs.to_pylist()]
-
-
 def compare(champion: pa.Table, challenger: pa.Table, band_names: list[str], top_k: int) -> dict[str, Any]:
     """How the challenger's scores differ from the champion's on the customers both scored."""
     theirs = challenger.select(["customer_id", "pd_12m", "credit_score", "risk_band", "recommendations",
@@ -126,9 +120,11 @@ def compare(champion: pa.Table, challenger: pa.Table, band_names: list[str], top
                                                                  for b in band_names] for a in band_names],
                                  "unchanged": float((b0 == b1).mean())}
     if n:
-        mine, other = _top(ours.column("recommendations"), top_k), _top(theirs.column("recommendations"), top_k)
-        shown = [(a, b) for a, b in zip(mine, other) if a or b]
-        out[f"overlap@{top_k}"] = (float(np.mean([len(a & b) / top_k for a, b in shown])) if shown else None)
+        recs = [ours.column("recommendations"), theirs.column("recommendations")]
+        ids = pc.unique(pa.chunked_array([pc.struct_field(pc.list_flatten(r), "product_id") for r in recs])).drop_null()
+        mine, other = (recommended_ranks(r, ids.to_pylist(), top_k) > 0 for r in recs)
+        shown = mine.any(axis=1) | other.any(axis=1)
+        out[f"overlap@{top_k}"] = float(((mine & other).sum(axis=1) / top_k)[shown].mean()) if shown.any() else None
     return pages.jsonable(out)
 
 

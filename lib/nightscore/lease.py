@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -81,18 +80,8 @@ class _Local:
             os.remove(tmp)
         return hashlib.sha256(body).hexdigest()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """An flock on the date's folder itself: no sidecar file to leave behind."""
-        fd = os.open(os.path.dirname(self.path), os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
     def replace(self, body: bytes, tag: str) -> str | None:
-        with self._locked():
+        with storage.locked_dir(os.path.dirname(self.path)):
             now = self.read()
             if now is None or now[1] != tag:
                 return None
@@ -100,7 +89,7 @@ class _Local:
         return hashlib.sha256(body).hexdigest()
 
     def delete(self, tag: str) -> None:
-        with self._locked():
+        with storage.locked_dir(os.path.dirname(self.path)):
             now = self.read()
             if now is not None and now[1] == tag:
                 os.remove(self.path)

@@ -43,24 +43,9 @@ def model_uri(spec: NightlySpec, cfg: Config) -> str:
     return pinned["model"]
 
 
-def _dates(fs: pafs.FileSystem, root: str) -> list[dt.date]:
-    """The dates with a date=YYYY-MM-DD/ folder under a root, oldest first."""
-    if not storage.exists(fs, root):
-        return []
-    dates = []
-    for info in fs.get_file_info(pafs.FileSelector(root)):
-        name = info.path.rstrip("/").rsplit("/", 1)[-1]
-        if info.type == pafs.FileType.Directory and name.startswith("date="):
-            try:
-                dates.append(dt.date.fromisoformat(name[5:]))
-            except ValueError:
-                continue
-    return sorted(dates)
-
-
 def _history(fs: pafs.FileSystem, root: str, before: dt.date, n: int) -> list[dict[str, Any]]:
     """Earlier reports (oldest first) for the trend plots."""
-    dates = [d for d in _dates(fs, root)
+    dates = [d for d in partition.dates(fs, root)
              if d < before and storage.exists(fs, storage.join(root, f"date={d}", "report.json"))]
     return [storage.read_json(fs, storage.join(root, f"date={d}", "report.json")) for d in dates[-n:]]
 
@@ -68,7 +53,7 @@ def _history(fs: pafs.FileSystem, root: str, before: dt.date, n: int) -> list[di
 def _outcome_trend(fs: pafs.FileSystem, root: str, upto: dt.date, n: int) -> list[dict[str, Any]]:
     """Realised AUC and calibration of every back-tested date up to `upto` (oldest first, last n)."""
     points = []
-    for d in _dates(fs, root):
+    for d in partition.dates(fs, root):
         path = storage.join(root, f"date={d}", backtest.JSON_NAME)
         if d > upto or not storage.exists(fs, path):
             continue
@@ -94,7 +79,7 @@ def backtest_landed(cfg: Config) -> list[dict[str, Any]]:
     rep_fs, rep_root = storage.filesystem(spec.reports, s3)
     sh_fs, sh_root = storage.filesystem(spec.shadow, s3)
     done = []
-    for d in _dates(out_fs, out_root):
+    for d in partition.dates(out_fs, out_root):
         committed = partition.manifest(out_fs, out_root, d)
         outcome_dir = partition.date_dir(o_root, d)
         if committed is None or not storage.exists(o_fs, outcome_dir) or not storage.list_files(o_fs, outcome_dir):

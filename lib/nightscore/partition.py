@@ -35,6 +35,21 @@ def date_dir(root: str, date: dt.date) -> str:
     return storage.join(root, f"date={date.isoformat()}")
 
 
+def dates(fs: pafs.FileSystem, root: str) -> list[dt.date]:
+    """The dates with a date=YYYY-MM-DD/ folder under a root, oldest first."""
+    if not storage.exists(fs, root):
+        return []
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        name = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if info.type == pafs.FileType.Directory and name.startswith("date="):
+            try:
+                found.append(dt.date.fromisoformat(name[5:]))
+            except ValueError:
+                continue
+    return sorted(found)
+
+
 def run_dir(root: str, date: dt.date, run_id: str) -> str:
     return storage.join(date_dir(root, date), f"run={run_id}")
 

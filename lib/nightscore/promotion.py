@@ -17,9 +17,7 @@ import json
 import socket
 from typing import Any
 
-import pyarrow.fs as pafs
-
-from . import lease, storage
+from . import lease, partition, storage
 from .backtest import JSON_NAME as BACKTEST_JSON
 from .config import S3Spec
 from .model import store
@@ -84,13 +82,8 @@ def in_force(pointer: str, s3: S3Spec | None = None) -> dict[str, Any] | None:
 def latest_backtest(reports: str, manifest_sha256: str, s3: S3Spec | None = None) -> dict[str, Any] | None:
     """The newest back-test of the model with this manifest, as champion or challenger."""
     fs, root = storage.filesystem(reports, s3)
-    if not storage.exists(fs, root):
-        return None
-    dates = sorted((i.path for i in fs.get_file_info(pafs.FileSelector(root))
-                    if i.type == pafs.FileType.Directory and i.path.rstrip("/").rsplit("/", 1)[-1].startswith("date=")),
-                   reverse=True)
-    for folder in dates:
-        path = storage.join(folder, BACKTEST_JSON)
+    for date in reversed(partition.dates(fs, root)):
+        path = storage.join(partition.date_dir(root, date), BACKTEST_JSON)
         if not storage.exists(fs, path):
             continue
         report = storage.read_json(fs, path)

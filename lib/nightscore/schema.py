@@ -1,7 +1,12 @@
 """The feature schema read from config: which columns exist and what Arrow type each has."""
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .config import FeatureSpec, SchemaSpec
 
@@ -53,3 +58,12 @@ def default_label(table: pa.Table, schema: SchemaSpec) -> pa.Array:
 def model_features(schema: SchemaSpec) -> list[FeatureSpec]:
     """Features that enter model text, in the configured (stable) order."""
     return [f for f in schema.features if f.in_model]
+
+
+def id_hash(ids: pa.Array | pa.ChunkedArray, salt: str | None = None) -> np.ndarray:
+    """A stable 64-bit hash per customer id (pandas' siphash), for splits and assignments that must
+    not depend on row order. A salt keys the hash, so assignments drawn with different salts are
+    independent of one another."""
+    key = hashlib.sha256(salt.encode()).hexdigest()[:16] if salt is not None else None
+    values = pc.cast(ids, pa.string()).to_numpy(zero_copy_only=False)
+    return pd.util.hash_array(values, categorize=False, **({"hash_key": key} if key else {}))

@@ -6,9 +6,12 @@ printed or logged here, only passed through by the AWS SDK.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +117,15 @@ def write_bytes_atomic(data: bytes, fs: pafs.FileSystem, path: str) -> None:
 def delete_dir(fs: pafs.FileSystem, path: str) -> None:
     if exists(fs, path):
         fs.delete_dir(path)
+
+
+@contextlib.contextmanager
+def locked_dir(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive flock on a local folder itself (no lock file to leave behind); the
+    kernel releases it when the holder dies."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -311,3 +311,18 @@ def recommend(propensity: np.ndarray, suitable: np.ndarray, catalog: Catalog, k:
     )
     offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), items).to_pylist()
+
+
+def recommended_ranks(recs: pa.ChunkedArray, product_ids: list[str], top_k: int) -> np.ndarray:
+    """The recommendations column -> (customers, products) rank of each product recommended in
+    the top k (1 = first), 0 where not."""
+    recs = pc.fill_null(recs, pa.scalar([], recs.type)).combine_chunks()
+    flat = recs.flatten()
+    rows = pc.list_parent_indices(recs).to_numpy(zero_copy_only=False)
+    cols = pc.fill_null(pc.index_in(flat.field("product_id"), value_set=pa.array(product_ids, pa.string())), -1)
+    cols = cols.to_numpy(zero_copy_only=False)
+    rank = flat.field("rank").to_numpy(zero_copy_only=False)
+    keep = (cols >= 0) & (rank <= top_k)
+    out = np.zeros((len(recs), len(product_ids)), dtype=np.int64)
+    out[rows[keep], cols[keep]] = rank[keep]
+    return out

@@ -190,9 +190,14 @@ class WideHead(nn.Module):
 def to_tensors(cols: dict[str, Any] | pa.Table, rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Encoded rows (an Arrow table from `encode`, or Ray Data's numpy batch of it) -> the tensors
     FeatureEmbedder and WideHead read; `rows` picks and orders a subset. Text is right-padded to
-    the longest row of the batch, with `text_mask`."""
+    the longest row of the batch, with `text_mask`. Pass a one-chunk table when picking many
+    subsets of it (`combine_chunks`): the rows are taken in Arrow, so a call costs the rows it
+    picks, not the table's length."""
     if isinstance(cols, pa.Table):
-        cols = {name: cols.column(name) for name in cols.column_names if name in INPUT_KEYS}
+        table = cols.select([name for name in cols.column_names if name in INPUT_KEYS])
+        if rows is not None:
+            table, rows = table.take(pa.array(rows, pa.int64())), None
+        cols = {name: table.column(name) for name in table.column_names}
     out: dict[str, torch.Tensor] = {}
     for key in ("numeric", "categorical", "list_lengths"):
         if key in cols:

@@ -8,9 +8,7 @@ never enables remote code. Remote directories are copied into this user's privat
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import importlib
 import json
@@ -19,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow.fs as pafs
 import yaml
@@ -72,24 +70,24 @@ def resolve_backbone(ref: str, s3: S3Spec | None = None) -> str:
 def download_dir(uri: str, s3: S3Spec | None = None) -> str:
     """Local copy of a remote directory, downloaded once per node into this user's cache (keyed by URI)."""
     dest = private_dir(cache_root() / "backbones") / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    with _locked(dest.parent):
+    with storage.locked_dir(dest.parent):
         if not dest.exists():
             _download(uri, s3, dest)
     return str(dest)
 
 
 # --------------------------------------------------------------------------- private caches
-def check_private(path: Path) -> None:
+def check_private(path: Path, use: str = "as a cache") -> None:
     """Refuse a folder another user could write: what is verified (or compiled) in it could be
     swapped after the check. It (and a symlink to it) must be owned by this user and not be
     group- or other-writable."""
     uid = os.getuid()
     link, target = os.lstat(path), os.stat(path)
     if link.st_uid != uid or target.st_uid != uid:
-        raise ModelError(f"{path} is not owned by this user: refusing to use it as a cache")
+        raise ModelError(f"{path} is not owned by this user: refusing to use it {use}")
     if target.st_mode & 0o022:
         raise ModelError(f"{path} can be written by other users (mode {target.st_mode & 0o777:o}): "
-                         "refusing to use it as a cache; make it private (chmod 700) or remove it")
+                         f"refusing to use it {use}; make it private (chmod 700) or remove it")
 
 
 def private_dir(path: Path) -> Path:
@@ -103,18 +101,6 @@ def cache_root() -> Path:
     """This user's nightscore caches (models, backbones, compiled): $XDG_CACHE_HOME/nightscore,
     by default ~/.cache/nightscore; never a shared temporary folder. Each is a private_dir."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nightscore"
-
-
-@contextlib.contextmanager
-def _locked(cache: Path) -> Iterator[None]:
-    """Hold the cache folder's lock: one process at a time downloads or heals in it (the
-    kernel releases the lock of a process that dies)."""
-    fd = os.open(cache, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _download(uri: str, s3: S3Spec | None, dest: Path, check: Callable[[Path], Any] = lambda _: None) -> None:
@@ -303,7 +289,7 @@ def fetch(uri: str, s3: S3Spec | None = None) -> Path:
         return local
     except (ModelError, OSError):  # missing, damaged, or being healed by another process
         pass
-    with _locked(local.parent):
+    with storage.locked_dir(local.parent):
         if local.exists():  # damaged, or placed by another process while this one checked
             try:
                 check(local)

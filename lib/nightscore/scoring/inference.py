@@ -84,6 +84,7 @@ class Predictor:
         attributions of the default logit (see _attributions): a second, eager forward and one
         backward pass over those rows alone.
         """
+        inputs = inputs.combine_chunks()  # each micro-batch is taken from it: one chunk keeps that cheap
         n = inputs.num_rows
         meta = self.loaded.meta
         n_fields = len(self.loaded.encoders.fields)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -258,8 +257,8 @@ def _score(cfg: Config, model_uri: str, inputs: Inputs, out_fs, out_root: str, d
         write_quarantine, in_fs, files, cfg, model_cfg, str(model_dir), date, dups, out_fs,
         storage.join(staging, "quarantine"))
     kill_after = drill("kill_actor_after_batches")
-    marker = (str(Path(tempfile.gettempdir()) / f"nightscore-fault-drill-{run_id}")
-             if kill_after is not None else None)
+    marker = (str(store.private_dir(store.cache_root() / "drills") / f"killed-{run_id}")
+              if kill_after is not None else None)
     # Blocks of at most batch_size x max_length x 6 bytes: a prepared row holds ~6 bytes per
     # token, so a prepared block is about one actor call. Where Ray Data fuses preparation into
     # the actor (one CPU, no GPU per actor) the cap applies to the raw blocks read instead (a few

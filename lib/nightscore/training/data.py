@@ -2,29 +2,23 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import Config
 from ..encode import Encoders, encode
 from ..model.tokens import tokenizer_for
-from ..schema import default_label
+from ..schema import default_label, id_hash
 from ..validate import batch_source, conform, split
 
 TRAIN, VALID, CALIBRATION = 0, 1, 2  # row roles
-
-
-def _id_hash(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    values = np.asarray(pc.cast(ids, pa.string()).to_pylist(), dtype=object)
-    return pd.util.hash_array(values, categorize=False)
 
 
 def roles(ids: pa.Array | pa.ChunkedArray, valid_fraction: float, calibration_fraction: float) -> np.ndarray:
     """Stable split by id hash: validation (metrics, early stopping), calibration (its fit alone)
     and training. The same customer takes the same role every run. Pass valid_fraction 0 to split
     a separate validation set into validation and calibration only."""
-    h = _id_hash(ids) % 10_000
+    h = id_hash(ids) % 10_000
     valid_end = int(round(valid_fraction * 10_000))
     calib_end = valid_end + int(round(calibration_fraction * 10_000))
     return np.where(h < valid_end, VALID, np.where(h < calib_end, CALIBRATION, TRAIN)).astype(np.int8)
@@ -32,7 +26,7 @@ def roles(ids: pa.Array | pa.ChunkedArray, valid_fraction: float, calibration_fr
 
 def in_sample(ids: pa.Array | pa.ChunkedArray, fraction: float) -> np.ndarray:
     """A stable id-hash sample of about `fraction` of the rows, independent of their role."""
-    h = (_id_hash(ids) // 10_000) % 10_000  # other digits than roles' take: independent of the role
+    h = (id_hash(ids) // 10_000) % 10_000  # other digits than roles' take: independent of the role
     return h < int(round(fraction * 10_000)) if fraction < 1 else np.ones(len(h), dtype=bool)
 
 

@@ -19,7 +19,6 @@ def deepspeed_config(t: TrainSpec, world_size: int) -> dict[str, Any]:
     if t.zero_stage in (1, 2):
         zero["allgather_bucket_size"] = t.bucket_size
     if t.zero_stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
         zero["stage3_prefetch_bucket_size"] = t.bucket_size
         # gathered parameters stay live up to bucket_size elements: DeepSpeed's default (1e9) keeps
         # every layer a step will reuse, so a BERT-base worker held the whole model from forward to

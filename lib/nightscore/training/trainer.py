@@ -175,10 +175,15 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
     """Fine-tune and write a verified model directory to `out_uri`. Returns a summary."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.data.expressions import col
 
     check(cfg)
+    name = run_name or f"train-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
     if not storage.is_s3(storage_path):
         storage_path = str(Path(storage_path).expanduser().absolute())
+        Path(storage_path, name).mkdir(parents=True, exist_ok=True)
+        # resume and export read DeepSpeed's checkpoint files back, and those are pickles
+        store.check_private(Path(storage_path, name), "for training checkpoints")
     catalog = load_catalog(cfg.products.catalog, cfg.storage.s3)
     backbone_dir = store.resolve_backbone(cfg.model.backbone, cfg.storage.s3)
     init_ray(cfg.ray, dashboard=True)  # Ray Train's placement-group cleaner asks the state API
@@ -191,7 +196,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
     if valid_uri is None:  # validation and calibration rows by id hash from the training data
         prepared = _prepare(fs, files, dups, cfg, encoders, backbone_dir, product_ids,
                             t.valid_fraction, t.calibration_fraction)
-        parts = {name: prepared.filter(expr=f"role == {role}").drop_columns(["role"]).materialize()
+        parts = {name: prepared.filter(expr=col("role") == role).drop_columns(["role"]).materialize()
                  for name, role in (("train", TRAIN), ("valid", VALID), ("calibration", CALIBRATION))}
         valid_input_rows = 0
     else:  # a separate validation set, split by id hash into validation and calibration rows
@@ -200,8 +205,8 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         held = _prepare(vfs, vfiles, vdups, cfg, encoders, backbone_dir, product_ids, 1 - share, share)
         parts = {"train": _prepare(fs, files, dups, cfg, encoders, backbone_dir, product_ids, 0.0, 0.0)
                  .drop_columns(["role"]).materialize(),
-                 "valid": held.filter(expr=f"role == {VALID}").drop_columns(["role"]).materialize(),
-                 "calibration": held.filter(expr=f"role == {CALIBRATION}").drop_columns(["role"]).materialize()}
+                 "valid": held.filter(expr=col("role") == VALID).drop_columns(["role"]).materialize(),
+                 "calibration": held.filter(expr=col("role") == CALIBRATION).drop_columns(["role"]).materialize()}
     counts = {name: ds.count() for name, ds in parts.items()}
     train_rows, valid_rows, calib_rows = counts["train"], counts["valid"], counts["calibration"]
     quarantined = input_rows + valid_input_rows - sum(counts.values())
@@ -220,7 +225,6 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
     check_labels(label_sums(parts["valid"], cfg), cfg, "validation")
     check_labels(label_sums(parts["calibration"], cfg), cfg, "calibration")
 
-    name = run_name or f"train-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
     metric, mode = t.early_stopping_metric, t.early_stopping_mode
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -241,8 +245,6 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         ),
         datasets=parts,
     )
-    if not storage.is_s3(storage_path):
-        Path(storage_path, name).mkdir(parents=True, exist_ok=True)
     result = trainer.fit()
     if result.error:
         raise result.error
