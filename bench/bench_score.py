@@ -36,6 +36,7 @@ from nightscore.config import load_config
 from nightscore.model import store
 from nightscore.model.features import text_lengths, to_tensors
 from nightscore.model.network import block_list
+from nightscore.scoring.execution import cpu_has_bf16
 from nightscore.scoring.inference import Predictor, onednn_ready
 from nightscore.scoring.pipeline import run
 from nightscore.scoring.prepare import model_input
@@ -63,6 +64,12 @@ def gemm_rate(dtype: torch.dtype, threads: int, n: int, seconds: float = 4.0) ->
             calls += 1
         rates.append(calls * 2 * n**3 / (time.perf_counter() - t0))
     return max(rates)
+
+
+def peaks(cores: int) -> tuple[float, float]:
+    """(fp32, bf16) GEMM peaks; the bf16 one only where the CPU has bf16 units (elsewhere the
+    actors run fp32, and an emulated bf16 matmul takes minutes to time): NaN there."""
+    return gemm_peak(torch.float32, cores), gemm_peak(torch.bfloat16, cores) if cpu_has_bf16() else float("nan")
 
 
 def gemm_peak(dtype: torch.dtype, cores: int) -> float:
@@ -396,7 +403,7 @@ def main() -> None:
                 note(sample_raw_rows_per_s=raw_rate(), sample_raw_eager_rows_per_s=raw_rate("eager"))
                 note(compiled_over_eager=out["sample_raw_rows_per_s"] / out["sample_raw_eager_rows_per_s"])
             halves = [raw_half(predictors["configured"], table.slice(0, args.rows // 2))]
-            peak32, peak16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
+            peak32, peak16 = peaks(2)
             note(precision=precision, compiled=compiles, gemm_peak_fp32_gflops=peak32 / 1e9,
                  gemm_peak_bf16_gflops=peak16 / 1e9, **raw_figures(halves[0], loaded.model, peak32, peak16, "before"))
 
@@ -408,7 +415,7 @@ def main() -> None:
             halves.append(raw_half(predictors["configured"], table.slice(args.rows // 2)))
             # the peak again, next to the second half: MFU by half against the peak of its own
             # stretch of time; over all rows against the higher of the two, so drift never flatters it
-            after32, after16 = gemm_peak(torch.float32, 2), gemm_peak(torch.bfloat16, 2)
+            after32, after16 = peaks(2)
             whole = merged(halves)
             overall = raw_figures(whole, loaded.model, max(peak32, after32), max(peak16, after16), "all")
             note(gemm_peak_fp32_gflops_after=after32 / 1e9, gemm_peak_bf16_gflops_after=after16 / 1e9,
