@@ -130,7 +130,7 @@ def test_config_must_match_labels(tiny_backbone, labelled, tmp_path):
         train(cfg, labelled, None, str(tmp_path / "m"), storage_path=str(tmp_path / "runs"))
 
 
-def test_a_run_folder_other_users_can_write_is_refused_before_training(tiny_backbone, labelled, tmp_path):
+def test_a_run_folder_other_users_can_write_is_refused_before_training(ray_local, tiny_backbone, labelled, tmp_path):
     """Resume and export read the run's DeepSpeed checkpoints back (pickles): never from a folder
     another user could have written them into."""
     run = tmp_path / "runs" / "shared"

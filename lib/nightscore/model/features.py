@@ -203,7 +203,8 @@ def to_tensors(cols: dict[str, Any] | pa.Table, rows: np.ndarray | None = None) 
         if key in cols:
             m = _matrix(cols[key])
             m = m if rows is None else m[rows]
-            out[key] = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32 if key == "numeric" else np.int64))
+            # a writable copy where Arrow's memory is read-only (torch tensors may be written)
+            out[key] = torch.from_numpy(np.require(m, np.float32 if key == "numeric" else np.int64, ("C", "W")))
     for key in ("list_items", "text_ids", "text_field"):
         if key in cols:
             seqs = _sequences(cols[key])
