@@ -46,15 +46,15 @@ def model_uri(spec: NightlySpec, cfg: Config) -> str:
 def _history(fs: pafs.FileSystem, root: str, before: dt.date, n: int) -> list[dict[str, Any]]:
     """Earlier reports (oldest first) for the trend plots."""
     dates = [d for d in partition.dates(fs, root)
-             if d < before and storage.exists(fs, storage.join(root, f"date={d}", "report.json"))]
-    return [storage.read_json(fs, storage.join(root, f"date={d}", "report.json")) for d in dates[-n:]]
+             if d < before and storage.exists(fs, storage.join(partition.date_dir(root, d), "report.json"))]
+    return [storage.read_json(fs, storage.join(partition.date_dir(root, d), "report.json")) for d in dates[-n:]]
 
 
 def _outcome_trend(fs: pafs.FileSystem, root: str, upto: dt.date, n: int) -> list[dict[str, Any]]:
     """Realised AUC and calibration of every back-tested date up to `upto` (oldest first, last n)."""
     points = []
     for d in partition.dates(fs, root):
-        path = storage.join(root, f"date={d}", backtest.JSON_NAME)
+        path = storage.join(partition.date_dir(root, d), backtest.JSON_NAME)
         if d > upto or not storage.exists(fs, path):
             continue
         r = storage.read_json(fs, path)

@@ -90,10 +90,10 @@ def check_private(path: Path, use: str = "as a cache") -> None:
                          f"refusing to use it {use}; make it private (chmod 700) or remove it")
 
 
-def private_dir(path: Path) -> Path:
+def private_dir(path: Path, use: str = "as a cache") -> Path:
     """`path`, created (mode 0700) where missing and checked by check_private."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_private(path)
+    check_private(path, use)
     return path
 
 

@@ -115,14 +115,15 @@ def consolidated_state_dict(checkpoint_dir: str, cfg: Config, n_products: int,
     master copy. (Not `_zero3_consolidated_16bit_state_dict()`: it would build the whole model
     in rank 0's memory every epoch, as which epoch is best is known only after `fit()`.)
     Parameters pass through the training dtype, so the export holds exactly the weights the
-    engine computed with; buffers stay as saved.
+    engine computed with; buffers stay as saved. zero_to_fp32 (like DeepSpeed's resume) unpickles
+    its files in full, which is why the trainer refuses a run folder other users can write.
     """
     from deepspeed.checkpoint.constants import BUFFER_NAMES
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint, get_model_state_file
 
     stage = cfg.train.zero_stage
     states = torch.load(get_model_state_file(str(Path(checkpoint_dir) / DS_TAG), stage),
-                        map_location="cpu", weights_only=False)  # DeepSpeed's own pickle, as its loader reads it
+                        map_location="cpu", weights_only=True)  # tensors and plain containers only
     sd = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=DS_TAG) if stage == 3 else states["module"]
     buffers, dtype = set(states[BUFFER_NAMES]), train_dtype(cfg)
     sd = {k: (v if k in buffers else v.to(dtype)).float() for k, v in sd.items()}

@@ -186,10 +186,8 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
     check_shared_storage(storage_path, "--storage")  # on a cluster, every node must reach the checkpoints
     name = run_name or f"train-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
     if not storage.is_s3(storage_path):
-        run = Path(storage_path, name)
-        run.mkdir(mode=0o700, parents=True, exist_ok=True)
         # resume and export read DeepSpeed's checkpoint files back, and those are pickles
-        store.check_private(run, "for training checkpoints")
+        store.private_dir(Path(storage_path, name), "for training checkpoints")
 
     product_ids = catalog.ids if cfg.schema.labels.products else []  # no product labels: no product head
     t = cfg.train
