@@ -3,8 +3,11 @@ random weights, MiniLM's tokenizer) trained through the real `train()` on 2 CPU 
 rows, same micro-batch, one epoch each. The number is the loop's `model_memory_mib`: a worker's
 peak RSS above its RSS just before the model is built, the largest over workers.
 Goal: ZeRO-3 <= 0.6 x ZeRO-0. Run with nothing else on the machine. ZeRO-3 keeps up to
-train.bucket_size gathered elements live; bench/RESULTS.md sizes it to this model:
+train.bucket_size gathered elements live; bench/RESULTS.md sizes it to this model. In bf16, the
+precision prod.yaml trains ZeRO-3 in (both stages then hold an fp32 master copy; ~70 s a step on a
+CPU without bf16 units, hence fewer rows), and in fp32:
 
+    python bench/bench_zero_memory.py --rows 200 train.bucket_size=5000000 train.precision=bf16
     python bench/bench_zero_memory.py --rows 300 train.bucket_size=5000000
 """
 import argparse

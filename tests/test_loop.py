@@ -95,6 +95,29 @@ def test_feature_embeddings_and_heads_get_their_own_learning_rates(tiny_backbone
     assert sum(len(i) for i in ids) == len(list(model.parameters()))
 
 
+def test_layer_lr_decay_gives_each_lower_block_a_smaller_rate(tiny_backbone):
+    """train.layer_lr_decay d: the top block at train.lr, each block below at d times the one above,
+    the embeddings below the lowest block; the feature embeddings and heads keep their own rates."""
+    from nightscore.training.loop import param_groups
+
+    cfg = load_config(LOCAL_CONFIG, ["train.lr=1e-4", "train.feature_lr=1e-3", "train.head_lr=1e-2",
+                                     "train.layer_lr_decay=0.5"])
+    enc = Encoders(fields=["x"], labels={"x": [2000]}, numeric=[Numeric("x", 0, 1, -2, 2, [-2.0, 0.0, 2.0])],
+                   categorical=[], lists=[], text=[], start_ids=[101], sep_ids=[102], pad_id=0)
+    model = CreditModel.build(tiny_backbone, "mean", 3, True, enc, wide=True, pretrained=False)
+    lr_of = {id(p): g["lr"] for g in param_groups(model, cfg) for p in g["params"]}
+    blocks = model.backbone.encoder.layer
+    top = len(blocks) - 1
+    for i, block in enumerate(blocks):
+        assert [lr_of[id(p)] for p in block.parameters()] == pytest.approx([1e-4 * 0.5 ** (top - i)] * len(
+            list(block.parameters())))
+    embeddings = list(model.backbone.embeddings.parameters())
+    assert [lr_of[id(p)] for p in embeddings] == pytest.approx([1e-4 * 0.5 ** len(blocks)] * len(embeddings))
+    assert {lr_of[id(p)] for p in model.features.parameters()} == {1e-3}
+    assert {lr_of[id(p)] for p in model.default_head.parameters()} == {1e-2}
+    assert len(lr_of) == len(list(model.parameters()))
+
+
 def test_peak_rss_sees_a_transient_allocation():
     """The per-worker memory metric: a peak held for a moment and freed is still counted."""
     memory = PeakRSS()

@@ -177,6 +177,8 @@ class TrainSpec(Strict):
     freeze_word_embeddings: bool = True
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
+    # below 1: each backbone block below the top one learns at this times the rate above it (param_groups)
+    layer_lr_decay: float = Field(default=1.0, gt=0, le=1)
     micro_batch: int = Field(default=16, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     zero_stage: int = Field(default=2, ge=0, le=3)

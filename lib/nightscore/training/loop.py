@@ -39,7 +39,7 @@ from ..config import Config, TrainSpec
 from ..encode import Encoders
 from ..model import calibration
 from ..model.features import to_tensors
-from ..model.network import CreditModel
+from ..model.network import CreditModel, block_list
 from ..model.store import resolve_backbone
 from .ds_config import deepspeed_config
 
@@ -206,15 +206,25 @@ def param_groups(model: CreditModel, cfg: Config) -> list[dict[str, Any]]:
     train.feature_lr; the heads on the pooled output at train.head_lr.
 
     The wide terms sum one weight per bin a value passes (up to model.numeric_bins per feature)
-    over every feature, so at the heads' rate a single step can move the logit by several units."""
-    groups: dict[str, list] = {"backbone": [], "features": [], "heads": []}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            top = name.split(".")[0]
-            groups["features" if top == "wide" else top if top in groups else "heads"].append(p)
+    over every feature, so at the heads' rate a single step can move the logit by several units.
+    With train.layer_lr_decay d < 1, the backbone's top block keeps train.lr and each block below
+    it takes d times the rate above (its embeddings d^L): the lower blocks, which hold the most
+    general pretrained features, move least (Clark et al. 2020, ELECTRA)."""
     t = cfg.train
-    lrs = {"backbone": t.lr, "features": t.feature_lr, "heads": t.head_lr}
-    return [{"params": ps, "lr": lrs[k]} for k, ps in groups.items() if ps]
+    path, blocks = block_list(model.backbone)
+    prefix, depth = ".".join(["backbone", *path]) + ".", len(blocks)
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        top = name.split(".")[0]
+        if top == "backbone":  # block i of L: lr * d^(L-1-i); embeddings and other weights: lr * d^L
+            below = depth - 1 - int(name[len(prefix):].split(".")[0]) if name.startswith(prefix) else depth
+            lr = t.lr * t.layer_lr_decay ** below
+        else:
+            lr = t.feature_lr if top in ("features", "wide") else t.head_lr
+        groups.setdefault(lr, []).append(p)
+    return [{"params": ps, "lr": lr} for lr, ps in groups.items()]
 
 
 def lr_schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
