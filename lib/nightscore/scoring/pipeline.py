@@ -12,7 +12,6 @@ commits (see `partition`).
 from __future__ import annotations
 
 import datetime as dt
-import os
 import threading
 import time
 import uuid
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -37,112 +35,13 @@ from ..schema import model_features
 from ..suitability import load_catalog
 from ..validate import InputFileError, preflight
 from . import aot
+from .actor import ScoringActor
 from .prepare import valid_rows, write_quarantine
+from .progress import RowCounter, report_progress
 
 
 class InvariantError(Exception):
     """Outputs failed a pre-commit check; nothing was committed."""
-
-
-KERNELS = {True: "compiled on first batch", "cached": "compiled if this node holds the package, else eager",
-           False: "eager"}
-
-
-class ScoringActor:
-    """Holds one verified model copy; turns token batches into finished score rows."""
-
-    def __init__(self, model_uri: str, cfg: dict[str, Any], run_id: str, compile: bool | str,
-                 kill_after_batches: int | None = None, fail_marker: str | None = None, progress: Any = None):
-        started = time.perf_counter()
-        from .inference import Predictor  # its creation makes the process's settings (execution.configure_process)
-
-        self.cfg = Config.model_validate(cfg)
-        s = self.cfg.score
-        loaded = store.load(model_uri, self.cfg.storage.s3)
-        self.predictor = Predictor(loaded, precision=s.precision, micro_batch=s.micro_batch,
-                                   threads=s.torch_threads or max(1, int(s.cpus_per_actor)),
-                                   device=None if s.gpus_per_actor > 0 else "cpu",  # None: a GPU if Ray gave one
-                                   gpus=max(1, int(s.gpus_per_actor)), onednn=s.onednn, compile=compile,
-                                   compiled_cache=s.compiled_cache)
-        self.model_cfg = loaded.config
-        self.version = loaded.version
-        self.catalog = load_catalog(self.cfg.products.catalog, self.cfg.storage.s3)
-        self.product_index = np.array([loaded.meta["product_ids"].index(p) for p in self.catalog.ids], dtype=np.int64) \
-            if loaded.meta["product_ids"] else np.zeros(0, dtype=np.int64)
-        self.run_id = run_id
-        self.kill_after_batches, self.fail_marker = kill_after_batches, fail_marker
-        self.progress = progress
-        self.batches = 0
-        print(f"[score] actor ready in {time.perf_counter() - started:.1f} s (model {self.version}, "
-              f"{KERNELS[compile]})", flush=True)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from .outputs import explain_mask, reasons_for, scores_table
-
-        self._fault_drill()
-        # gradients (and the activations they keep) only when reason codes are asked for
-        explain = (lambda pd: explain_mask(pd, self.cfg)) if self.cfg.scorecard.reason_codes else None
-        preds = self.predictor.predict(batch, explain=explain)
-        reasons = reasons_for(preds, self.model_cfg, self.cfg, batch.num_rows)
-        if self.progress is not None:
-            self.progress.add.remote(batch.num_rows)  # fire and forget: one small call per batch
-        return scores_table(batch, cfg=self.cfg, catalog=self.catalog, product_index=self.product_index,
-                            pd=preds.pd, propensity=preds.propensity, reasons=reasons,
-                            model_version=self.version, run_id=self.run_id)
-
-    def _fault_drill(self) -> None:
-        """The kill_actor_after_batches drill (see drills): this actor process dies once, to prove restarts work."""
-        self.batches += 1
-        after = self.kill_after_batches
-        if after is not None and self.batches > after and self.fail_marker and not Path(self.fail_marker).exists():
-            Path(self.fail_marker).write_text("inference actor killed by fault drill\n")
-            os._exit(1)
-
-
-class RowCounter:
-    """Rows scored so far over all actors (a Ray actor), for the driver's progress line."""
-
-    def __init__(self) -> None:
-        self.rows = 0
-
-    def add(self, rows: int) -> None:
-        self.rows += rows
-
-    def total(self) -> int:
-        return self.rows
-
-
-def report_progress(counter: Any, input_rows: int, stop: threading.Event, every: float = 30.0,
-                    stalled_after: float = 300.0) -> None:
-    """One line every `every` seconds while scoring runs: rows done, rows/s and time left (quarantined
-    rows are never scored, so a run ends a little short of the input count), and a warning when
-    no row moved for `stalled_after` seconds: an actor lost with its node waits for a free CPU/GPU."""
-    import ray
-
-    started = time.perf_counter()
-    last, moved = -1, started
-    while not stop.wait(every):
-        try:
-            done = ray.get(counter.total.remote())
-        except ray.exceptions.RayError:  # the counter is gone with its node: the run itself goes on
-            return
-        now = time.perf_counter()
-        if done != last:
-            last, moved = done, now
-        elif now - moved >= stalled_after:
-            print(f"[score] no rows scored for {(now - moved) / 60:.0f} min: an actor is waiting for a node with a "
-                  "free CPU/GPU (a lost node not yet replaced?); nothing is committed until the run completes, and "
-                  "stopping it is safe", flush=True)
-            continue
-        if not done:
-            print(f"[score] 0 of {input_rows:,} rows: the actors are still starting", flush=True)
-            continue
-        rate = done / (now - started)
-        seconds = (input_rows - done) / rate
-        left = ("finishing" if done >= input_rows else f"about {seconds / 60:.0f} min left" if seconds >= 120
-                else f"about {seconds:.0f} s left")
-        print(f"[score] {done:,} of {input_rows:,} rows ({done / max(input_rows, 1):.0%}), {rate:.0f} rows/s, {left}",
-              flush=True)
 
 
 def resolve_input(uri: str, date: dt.date, s3) -> tuple[Any, str, list[str]]:
