@@ -5,15 +5,15 @@ nightscore (MiniLM fine-tuned through the training job) vs logistic regression a
     python bench/quality.py [--folds 5] [--seed 0] [--members 1] [--cross-fit K] [key.path=value ...]
 
 Every model sees the same in-model features of jobs/configs/german_credit.yaml; the baselines fit
-all of a fold's training rows, and again only the ~70 % one nightscore model trains on. With --members N,
+all of a fold's training rows, and again only those one nightscore model trains on. With --members N,
 nightscore is trained N times per fold (train.seed 0..N-1) and also reported as the mean of the N
 models' logits: a measurement of what seed ensembling would add, made outside the product.
 With --cross-fit K, nightscore is also trained K times per fold on a stratified K-fold split of
 the fold's training rows: each model trains on K-1 parts and is early-stopped and calibrated on
 the part left out (the training job's separate validation set), so that together they learn
-from every row a baseline fits, where one model holds out 30 % (train.valid_fraction +
-calibration_fraction). Reported per model and as the mean of the K models' logits; also a
-measurement made outside the product. --members 0 leaves the single models out.
+from every row a baseline fits, where one model holds out train.valid_fraction +
+calibration_fraction (30 % in german_credit.yaml). Reported per model and as the mean of the K
+models' logits; also a measurement made outside the product. --members 0 leaves the single models out.
 """
 import argparse
 import datetime as dt
@@ -53,7 +53,7 @@ def main() -> None:
     args = p.parse_args()
     cfg = load_config(CONFIG, args.overrides)
     ours = "nightscore (MiniLM, feature tokens)"
-    results: dict[str, list[tuple[float, float]]] = {}
+    results: Results = {}
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, str(REPO / "jobs" / "prepare_german_credit.py"), "--out", f"{tmp}/all",
                         "--date", str(DATE)], check=True)
@@ -62,35 +62,27 @@ def main() -> None:
         folds = StratifiedKFold(args.folds, shuffle=True, random_state=args.seed)
         for k, (tr, te) in enumerate(folds.split(np.zeros(len(y)), y)):
             train_t, test_t = table.take(tr), table.take(te)
-            for name, t in (("train", train_t), ("test", test_t)):
-                Path(f"{tmp}/f{k}/{name}/date={DATE}").mkdir(parents=True)
-                pq.write_table(t, f"{tmp}/f{k}/{name}/date={DATE}/part-0.parquet")
+            write_partition(f"{tmp}/f{k}/train", train_t)
+            write_partition(f"{tmp}/f{k}/test", test_t)
             for name, pd_ in baselines.fit_predict(train_t, test_t, cfg, y[tr]).items():
-                results.setdefault(name, []).append((M.auc(y[te], pd_), M.ks(y[te], pd_)))
+                add(results, name, y[te], pd_)
             # the baselines again on only the rows one nightscore model trains on (the rest of the
             # fold validates and calibrates it): how much of a gap is the rows held out
             own = np.flatnonzero(roles(train_t.column(cfg.schema.id), cfg.train.valid_fraction,
                                        cfg.train.calibration_fraction) == TRAIN)
             for name, pd_ in baselines.fit_predict(train_t.take(own), test_t, cfg, y[tr][own]).items():
-                results.setdefault(f"{name}, on nightscore's training rows", []).append(
-                    (M.auc(y[te], pd_), M.ks(y[te], pd_)))
+                add(results, f"{name}, on nightscore's training rows", y[te], pd_)
             logits = []
             for m in range(args.members):
                 c = load_config(CONFIG, [*args.overrides, f"train.seed={m}"]) if m else cfg
-                train(c, f"{tmp}/f{k}/train", None, f"{tmp}/f{k}/model{m}", storage_path=f"{tmp}/runs",
-                      run_name=f"f{k}m{m}")
-                res, arrays = evaluate(c, f"{tmp}/f{k}/model{m}", f"{tmp}/f{k}/test")
-                results.setdefault(ours + (f", train.seed={m}" if args.members > 1 else ""), []).append(
-                    (res["auc"], res["ks"]))
-                logits.append(logit(np.clip(arrays["pd"], 1e-9, 1 - 1e-9)))
+                y_test, z = fit_and_evaluate(c, f"{tmp}/f{k}", f"{tmp}/f{k}/train", None, f"f{k}m{m}", results,
+                                             ours + (f", train.seed={m}" if args.members > 1 else ""))
+                logits.append(z)
             if args.members > 1:
-                pd_ = expit(np.mean(logits, axis=0))
-                results.setdefault(f"{ours}, mean of {args.members} seeds' logits", []).append(
-                    (M.auc(arrays["y"], pd_), M.ks(arrays["y"], pd_)))
+                add(results, f"{ours}, mean of {args.members} seeds' logits", y_test, expit(np.mean(logits, axis=0)))
             if args.cross_fit:
-                pd_, y_test = cross_fit(cfg, train_t, y[tr], f"{tmp}/f{k}", args.cross_fit, args.seed, results, ours)
-                results.setdefault(f"{ours}, cross-fit: mean of {args.cross_fit} models' logits", []).append(
-                    (M.auc(y_test, pd_), M.ks(y_test, pd_)))
+                y_test, pd_ = cross_fit(cfg, train_t, y[tr], f"{tmp}/f{k}", args.cross_fit, args.seed, results, ours)
+                add(results, f"{ours}, cross-fit: mean of {args.cross_fit} models' logits", y_test, pd_)
             print(f"[quality] fold {k + 1}/{args.folds}: " + "  ".join(
                 f"{n} AUC {v[-1][0]:.3f}" for n, v in results.items()), flush=True)
     print(json.dumps(results, indent=2))
@@ -100,23 +92,45 @@ def main() -> None:
         print(f"| {name} | {a[:, 0].mean():.3f} ± {a[:, 0].std(ddof=1):.3f} | {a[:, 1].mean():.3f} ± {a[:, 1].std(ddof=1):.3f} |")
 
 
-def cross_fit(cfg, train_t, y_train: np.ndarray, fold_dir: str, k: int, seed: int,
-              results: dict[str, list[tuple[float, float]]], ours: str) -> tuple[np.ndarray, np.ndarray]:
+Results = dict[str, list[tuple[float, float]]]  # model -> (AUC, KS) per fold
+
+
+def add(results: Results, name: str, y: np.ndarray, pd_: np.ndarray) -> None:
+    results.setdefault(name, []).append((M.auc(y, pd_), M.ks(y, pd_)))
+
+
+def write_partition(folder: str, table) -> None:
+    """`table` as the date=DATE partition of a snapshot root `folder`."""
+    Path(f"{folder}/date={DATE}").mkdir(parents=True)
+    pq.write_table(table, f"{folder}/date={DATE}/part-0.parquet")
+
+
+def fit_and_evaluate(cfg, fold_dir: str, train_dir: str, valid_dir: str | None, run_name: str, results: Results,
+                     label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Train one model through the training job (valid_dir None: it splits its own validation and
+    calibration rows), record its AUC and KS on the fold's test rows under `label`, and return
+    those rows' labels and the logits of the model's PD on them."""
+    model = f"{fold_dir}/models/{run_name}"
+    train(cfg, train_dir, valid_dir, model, storage_path=f"{fold_dir}/runs", run_name=run_name)
+    res, arrays = evaluate(cfg, model, f"{fold_dir}/test")
+    results.setdefault(label, []).append((res["auc"], res["ks"]))
+    return arrays["y"], logit(np.clip(arrays["pd"], 1e-9, 1 - 1e-9))
+
+
+def cross_fit(cfg, train_t, y_train: np.ndarray, fold_dir: str, k: int, seed: int, results: Results,
+              ours: str) -> tuple[np.ndarray, np.ndarray]:
     """K models on a stratified K-fold split of one fold's training rows, each validated and
-    calibrated on its held-out part; each one's test AUC goes into `results`. Returns the PD of
-    the mean of their logits on the fold's test rows, and those rows' labels."""
+    calibrated on its held-out part; each one's test AUC goes into `results`. Returns the fold's
+    test labels and the PD of the mean of the K models' logits on them."""
     logits = []
     parts = StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y_train)), y_train)
     for j, (fit, held) in enumerate(parts):
-        for name, rows in (("train", fit), ("valid", held)):
-            Path(f"{fold_dir}/cf{j}/{name}/date={DATE}").mkdir(parents=True)
-            pq.write_table(train_t.take(rows), f"{fold_dir}/cf{j}/{name}/date={DATE}/part-0.parquet")
-        train(cfg, f"{fold_dir}/cf{j}/train", f"{fold_dir}/cf{j}/valid", f"{fold_dir}/cf{j}/model",
-              storage_path=f"{fold_dir}/runs", run_name=f"cf{j}")
-        res, arrays = evaluate(cfg, f"{fold_dir}/cf{j}/model", f"{fold_dir}/test")
-        results.setdefault(f"{ours}, cross-fit model {j + 1} of {k}", []).append((res["auc"], res["ks"]))
-        logits.append(logit(np.clip(arrays["pd"], 1e-9, 1 - 1e-9)))
-    return expit(np.mean(logits, axis=0)), arrays["y"]
+        write_partition(f"{fold_dir}/cf{j}/train", train_t.take(fit))
+        write_partition(f"{fold_dir}/cf{j}/valid", train_t.take(held))
+        y_test, z = fit_and_evaluate(cfg, fold_dir, f"{fold_dir}/cf{j}/train", f"{fold_dir}/cf{j}/valid", f"cf{j}",
+                                     results, f"{ours}, cross-fit model {j + 1} of {k}")
+        logits.append(z)
+    return y_test, expit(np.mean(logits, axis=0))
 
 
 if __name__ == "__main__":
