@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.special import expit, logit
 from sklearn.model_selection import StratifiedKFold
@@ -60,12 +61,8 @@ def main() -> None:
     ours = "nightscore (MiniLM, feature tokens)"
     results: Results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, str(REPO / "jobs" / "prepare_german_credit.py"), "--out", f"{tmp}/all",
-                        "--date", str(DATE)], check=True)
-        table = pq.read_table(f"{tmp}/all/date={DATE}/part-00000.parquet")
-        y = default_label(table, cfg.schema).to_numpy(zero_copy_only=False).astype(int)
-        folds = StratifiedKFold(args.folds, shuffle=True, random_state=args.seed)
-        for k, (tr, te) in enumerate(folds.split(np.zeros(len(y)), y)):
+        table, y = german_credit(cfg, tmp)
+        for k, (tr, te) in enumerate(folds(y, args.folds, args.seed)):
             train_t, test_t = table.take(tr), table.take(te)
             write_partition(f"{tmp}/f{k}/train", train_t)
             write_partition(f"{tmp}/f{k}/test", test_t)
@@ -101,6 +98,19 @@ def main() -> None:
 
 
 Results = dict[str, list[tuple[float, float]]]  # model -> (AUC, KS) per fold
+
+
+def german_credit(cfg, folder: str) -> tuple[pa.Table, np.ndarray]:
+    """The data set as the prepare job writes it (under `folder`), and its default labels."""
+    subprocess.run([sys.executable, str(REPO / "jobs" / "prepare_german_credit.py"), "--out", f"{folder}/all",
+                    "--date", str(DATE)], check=True)
+    table = pq.read_table(f"{folder}/all/date={DATE}/part-00000.parquet")
+    return table, default_label(table, cfg.schema).to_numpy(zero_copy_only=False).astype(int)
+
+
+def folds(y: np.ndarray, n: int, seed: int):
+    """(training, test) row indices of stratified n-fold CV: the folds every German credit figure uses."""
+    return StratifiedKFold(n, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
 
 
 def add(results: Results, name: str, y: np.ndarray, pd_: np.ndarray) -> None:

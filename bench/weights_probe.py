@@ -13,16 +13,11 @@ validation AUC is then in-sample); `--prefit L` first fits the wide terms alone 
 (L-BFGS, L2 penalty L / rows, as a logistic regression is fitted) and also reports them alone.
 """
 import argparse
-import datetime as dt
 import math
-import subprocess
-import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from nightscore import encode
 from nightscore import metrics as M
@@ -30,14 +25,12 @@ from nightscore.config import load_config
 from nightscore.model.features import to_tensors
 from nightscore.model.store import resolve_backbone
 from nightscore.model.tokens import tokenizer_for
-from nightscore.schema import default_label
 from nightscore.training.data import TRAIN, VALID, roles, training_rows
 from nightscore.training.loop import _loss, build_model, lr_schedule, param_groups
-from sklearn.model_selection import StratifiedKFold
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-REPO = Path(__file__).resolve().parents[1]
-DATE = dt.date(2026, 11, 23)
+from quality import CONFIG, folds, german_credit
+
 BATCH = 32
 
 
@@ -73,21 +66,19 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     torch.set_num_threads(2)
-    cfg = load_config(REPO / "jobs" / "configs" / "german_credit.yaml", args.overrides)
+    cfg = load_config(CONFIG, args.overrides)
     t = cfg.train
     backbone = resolve_backbone(cfg.model.backbone)
     tok = tokenizer_for(backbone)
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, str(REPO / "jobs" / "prepare_german_credit.py"), "--out", f"{tmp}/all",
-                        "--date", str(DATE)], check=True)
-        table = pq.read_table(f"{tmp}/all/date={DATE}/part-00000.parquet")
-    y = default_label(table, cfg.schema).to_numpy(zero_copy_only=False).astype(int)
-    for k, (tr, te) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y)):
+        table, y = german_credit(cfg, tmp)
+    for k, (tr, te) in enumerate(folds(y, 5, 0)):
         train_t, test_t = table.take(tr), table.take(te)
         role = roles(train_t.column(cfg.schema.id), t.valid_fraction, t.calibration_fraction)
-        fit_t = train_t if args.all_rows else train_t.filter(pa.array(role == TRAIN))
-        enc = encode.fit(train_t.filter(pa.array(role == TRAIN)), cfg.schema, cfg.model, tok, backbone)
+        own = train_t.filter(pa.array(role == TRAIN))  # the job's training rows: the encoders fit on these
+        fit_t = train_t if args.all_rows else own
+        enc = encode.fit(own, cfg.schema, cfg.model, tok, backbone)
         rows = {name: training_rows(x, cfg, enc, tok, []).combine_chunks()
                 for name, x in (("fit", fit_t), ("valid", train_t.filter(pa.array(role == VALID))), ("test", test_t))}
         ys = {name: r.column("y_default").to_numpy() for name, r in rows.items()}
@@ -102,8 +93,8 @@ def main() -> None:
         optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t.weight_decay)
         steps = math.ceil(len(ys["fit"]) / BATCH)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(steps * t.epochs, t.warmup_fraction))
-        averages = {"SWA (epochs' mean)": AveragedModel(model),
-                    **{f"EMA {d}": AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(d)) for d in (0.98, 0.995)}}
+        swa = AveragedModel(model)  # updated once per epoch
+        emas = {f"EMA {d}": AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(d)) for d in (0.98, 0.995)}
         order = np.random.default_rng(k)
         epochs = []
         for epoch in range(1, t.epochs + 1):
@@ -114,12 +105,12 @@ def main() -> None:
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                for name, avg in averages.items():
-                    if name.startswith("EMA"):
-                        avg.update_parameters(model)
-            averages["SWA (epochs' mean)"].update_parameters(model)
+                for ema in emas.values():
+                    ema.update_parameters(model)
+            swa.update_parameters(model)
+            weights = {"plain": model, "SWA (epochs' mean)": swa.module, **{n: e.module for n, e in emas.items()}}
             aucs = {name: tuple(M.auc(ys[s], predict(m, rows[s])) for s in ("valid", "test"))
-                    for name, m in [("plain", model), *((n, a.module) for n, a in averages.items())]}
+                    for name, m in weights.items()}
             epochs.append(aucs)
             print(f"fold {k + 1} epoch {epoch}: " + "  ".join(f"{n} valid {v:.3f} test {s:.3f}"
                                                               for n, (v, s) in aucs.items()), flush=True)
