@@ -1,7 +1,7 @@
 """German credit, in one process: what averaging one fine-tuning run's weights, training on every
 row, or fitting the wide terms first would give, measured outside the product.
 
-    cd bench && python weights_probe.py [--all-rows] [--prefit L] [key.path=value ...]
+    cd bench && python weights_probe.py [--all-rows] [--prefit L] [--seeds N] [key.path=value ...]
 
 The same folds as quality.py (5-fold stratified, seed 0), the same id-hash split, encoders,
 model, parameter groups, learning-rate schedule and loss as the training job, in a plain torch
@@ -10,7 +10,9 @@ reports validation and test AUC for the plain weights and for three averages of 
 alongside (torch.optim.swa_utils): the mean of the epochs' end weights (SWA) and two
 exponential moving averages over the steps. `--all-rows` trains on all of a fold's rows (its
 validation AUC is then in-sample); `--prefit L` first fits the wide terms alone to convergence
-(L-BFGS, L2 penalty L / rows, as a logistic regression is fitted) and also reports them alone.
+(L-BFGS, L2 penalty L / rows, as a logistic regression is fitted) and also reports them alone;
+`--seeds N` trains N models per fold (train.seed, +1, ...; each its own batch order) and also
+reports the mean of their last-epoch logits (per-model rows then list N figures per fold).
 """
 import argparse
 import math
@@ -59,10 +61,54 @@ def prefit_wide(model, rows: pa.Table, y: np.ndarray, penalty: float) -> None:
     lbfgs.step(closure)
 
 
+def fit(cfg, enc, rows: dict, ys: dict, seed: int, k: int, args, results: dict) -> dict[str, np.ndarray]:
+    """One model (train.seed = seed) on rows["fit"]: each weights' best-validation and last-epoch test
+    AUC go into `results`; returns each weights' last-epoch test logits."""
+    t = cfg.train
+    torch.manual_seed(seed)
+    model = build_model(cfg, 0, enc)
+    model.init_priors(default_rate=float(ys["fit"].mean()), product_rates=None)
+    if args.prefit is not None:
+        prefit_wide(model, rows["fit"], ys["fit"], args.prefit)
+        with torch.no_grad():
+            z = model.wide(to_tensors(rows["test"]))[:, 0].numpy()
+        results.setdefault("wide terms alone, pre-fitted", []).append(M.auc(ys["test"], z))
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t.weight_decay)
+    steps = math.ceil(len(ys["fit"]) / BATCH)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(steps * t.epochs, t.warmup_fraction))
+    swa = AveragedModel(model)  # updated once per epoch
+    emas = {f"EMA {d}": AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(d)) for d in (0.98, 0.995)}
+    order = np.random.default_rng(k if seed == t.seed else (k, seed))
+    epochs = []
+    for epoch in range(1, t.epochs + 1):
+        for b in np.array_split(order.permutation(len(ys["fit"])), steps):
+            batch = {"y_default": torch.tensor(ys["fit"][b]), "has_default": torch.ones(len(b))}
+            loss = _loss(model(to_tensors(rows["fit"], b)), batch, cfg)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            for ema in emas.values():
+                ema.update_parameters(model)
+        swa.update_parameters(model)
+        weights = {"plain": model, "SWA (epochs' mean)": swa.module, **{n: e.module for n, e in emas.items()}}
+        aucs = {name: tuple(M.auc(ys[s], predict(m, rows[s])) for s in ("valid", "test"))
+                for name, m in weights.items()}
+        epochs.append(aucs)
+        print(f"fold {k + 1} epoch {epoch}: " + "  ".join(f"{n} valid {v:.3f} test {s:.3f}"
+                                                          for n, (v, s) in aucs.items()), flush=True)
+    for name in epochs[0]:
+        best = max(range(len(epochs)), key=lambda i: epochs[i][name][0])
+        results.setdefault(f"{name}, best validation epoch", []).append(epochs[best][name][1])
+        results.setdefault(f"{name}, last epoch", []).append(epochs[-1][name][1])
+    return {name: predict(m, rows["test"]) for name, m in weights.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--all-rows", action="store_true", help="train on all of a fold's rows")
     p.add_argument("--prefit", type=float, default=None, metavar="L", help="fit the wide terms first, L2 penalty L / rows")
+    p.add_argument("--seeds", type=int, default=1, help="train N models per fold (train.seed + 0..N-1), also report their logits' mean")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     torch.set_num_threads(2)
@@ -82,42 +128,14 @@ def main() -> None:
         rows = {name: training_rows(x, cfg, enc, tok, []).combine_chunks()
                 for name, x in (("fit", fit_t), ("valid", train_t.filter(pa.array(role == VALID))), ("test", test_t))}
         ys = {name: r.column("y_default").to_numpy() for name, r in rows.items()}
-        torch.manual_seed(t.seed)
-        model = build_model(cfg, 0, enc)
-        model.init_priors(default_rate=float(ys["fit"].mean()), product_rates=None)
-        if args.prefit is not None:
-            prefit_wide(model, rows["fit"], ys["fit"], args.prefit)
-            with torch.no_grad():
-                z = model.wide(to_tensors(rows["test"]))[:, 0].numpy()
-            results.setdefault("wide terms alone, pre-fitted", []).append(M.auc(ys["test"], z))
-        optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t.weight_decay)
-        steps = math.ceil(len(ys["fit"]) / BATCH)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(steps * t.epochs, t.warmup_fraction))
-        swa = AveragedModel(model)  # updated once per epoch
-        emas = {f"EMA {d}": AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(d)) for d in (0.98, 0.995)}
-        order = np.random.default_rng(k)
-        epochs = []
-        for epoch in range(1, t.epochs + 1):
-            for b in np.array_split(order.permutation(len(ys["fit"])), steps):
-                batch = {"y_default": torch.tensor(ys["fit"][b]), "has_default": torch.ones(len(b))}
-                loss = _loss(model(to_tensors(rows["fit"], b)), batch, cfg)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                for ema in emas.values():
-                    ema.update_parameters(model)
-            swa.update_parameters(model)
-            weights = {"plain": model, "SWA (epochs' mean)": swa.module, **{n: e.module for n, e in emas.items()}}
-            aucs = {name: tuple(M.auc(ys[s], predict(m, rows[s])) for s in ("valid", "test"))
-                    for name, m in weights.items()}
-            epochs.append(aucs)
-            print(f"fold {k + 1} epoch {epoch}: " + "  ".join(f"{n} valid {v:.3f} test {s:.3f}"
-                                                              for n, (v, s) in aucs.items()), flush=True)
-        for name in epochs[0]:
-            best = max(range(len(epochs)), key=lambda i: epochs[i][name][0])
-            results.setdefault(f"{name}, best validation epoch", []).append(epochs[best][name][1])
-            results.setdefault(f"{name}, last epoch", []).append(epochs[-1][name][1])
+        ensemble: dict[str, list[np.ndarray]] = {}
+        for seed in range(t.seed, t.seed + args.seeds):
+            for name, z in fit(cfg, enc, rows, ys, seed, k, args, results).items():
+                ensemble.setdefault(name, []).append(z)
+        if args.seeds > 1:
+            for name, zs in ensemble.items():
+                results.setdefault(f"{name}, mean of {args.seeds} seeds' last-epoch logits", []).append(
+                    M.auc(ys["test"], np.mean(zs, axis=0)))
     print("\n| weights | test AUC mean ± sd | per fold |\n|---|---|---|")
     for name, v in results.items():
         print(f"| {name} | {np.mean(v):.3f} ± {np.std(v, ddof=1):.3f} | {' / '.join(f'{a:.3f}' for a in v)} |")
