@@ -43,7 +43,9 @@ def test_clean_snapshot_passes_unchanged(clean):
     ("age", None, "age is missing"),
     ("age", 150, "age above maximum 120"),
     ("annual_income", -1.0, "annual_income below minimum 0"),
-    ("annual_income", float("nan"), "annual_income is not a finite number"),
+    ("annual_income", float("nan"), "annual_income is missing"),
+    ("annual_income", float("inf"), "annual_income is not a finite number"),
+    ("annual_income", float("-inf"), "annual_income is not a finite number"),
     ("risk_tolerance", 0, "risk_tolerance below minimum 1"),
     ("employment_status", "astronaut", "employment_status has a value outside"),
     ("home_ownership", None, "home_ownership is missing"),
@@ -54,6 +56,16 @@ def test_each_bad_row_kind_is_quarantined_with_reason(clean, column, value, reas
     assert s.valid.num_rows + s.quarantine.num_rows == bad.num_rows
     assert s.quarantine.num_rows == 1
     assert reason in s.quarantine.column(REASON)[0].as_py()
+
+
+def test_nan_in_a_nullable_numeric_is_missing_not_bad(clean):
+    """Parquet written from pandas marks a missing float as NaN: in a nullable feature the row is
+    kept, with the value null (the model's null state), as Arrow's own nulls are."""
+    bad = one_bad(clean, "employment_years", float("nan"))
+    s = split(conform(bad, SCHEMA, "mem", with_labels=True), SCHEMA, DATE)
+    assert s.quarantine.num_rows == 0
+    assert s.valid.column("employment_years")[7].as_py() is None
+    assert s.valid.column("employment_years").null_count == bad.column("employment_years").null_count + 1
 
 
 def test_duplicates_and_multiple_reasons(clean):

@@ -44,7 +44,8 @@ def batch_source(batch: pa.Table) -> str:
 
 
 def conform(table: pa.Table, schema: SchemaSpec, source: str, with_labels: bool = False) -> pa.Table:
-    """Check required columns exist and cast them to their configured types.
+    """Check required columns exist and cast them to their configured types; NaN in a numeric
+    feature becomes null (missing), so `nullable` decides whether the row is kept.
 
     Raises InputFileError naming `source` and the column when a column is missing or
     cannot be cast as a whole (e.g. text in a numeric column), with the first row (counted
@@ -58,6 +59,11 @@ def conform(table: pa.Table, schema: SchemaSpec, source: str, with_labels: bool 
         if table.column(name).type != typ:
             cast = _cast_column(table.column(name), typ, name, source)
             table = table.set_column(table.schema.get_field_index(name), name, cast)
+    for f in schema.features:  # pandas writes a missing float as NaN: read it as the null it means
+        col = table.column(f.name)
+        if f.kind == "numeric" and pa.types.is_floating(col.type) and pc.any(pc.is_nan(col)).as_py():
+            table = table.set_column(table.schema.get_field_index(f.name), f.name,
+                                     pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col))
     return table
 
 

@@ -16,9 +16,6 @@ from ..config import Config
 from ..model import store
 from ..suitability import load_catalog
 
-KERNELS = {True: "compiled on first batch", "cached": "compiled if this node holds the package, else eager",
-           False: "eager"}
-
 
 class ScoringActor:
     """Holds one verified model copy; turns token batches into finished score rows."""
@@ -45,8 +42,8 @@ class ScoringActor:
         self.kill_after_batches, self.fail_marker = kill_after_batches, fail_marker
         self.progress = progress
         self.batches = 0
-        print(f"[score] actor ready in {time.perf_counter() - started:.1f} s (model {self.version}, "
-              f"{KERNELS[compile]})", flush=True)
+        # which kernels it runs is said once, by the "model path" line on its first batch
+        print(f"[score] actor ready in {time.perf_counter() - started:.1f} s (model {self.version})", flush=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from .outputs import explain_mask, reasons_for, scores_table
