@@ -8,6 +8,7 @@ import pytest
 from conftest import LOCAL_CONFIG
 from nightscore import synth
 from nightscore.config import load_config
+from nightscore.schema import required_columns
 from nightscore.storage import filesystem
 from nightscore.validate import REASON, InputFileError, conform, preflight, split
 
@@ -66,6 +67,31 @@ def test_nan_in_a_nullable_numeric_is_missing_not_bad(clean):
     assert s.quarantine.num_rows == 0
     assert s.valid.column("employment_years")[7].as_py() is None
     assert s.valid.column("employment_years").null_count == bad.column("employment_years").null_count + 1
+
+
+def test_types_other_writers_use_read_as_the_configured_ones(clean, tmp_path):
+    """Narrow and unsigned integers, decimals, dictionary-encoded and large strings, a 0/1 integer
+    label (pandas, Spark and warehouse exports): read through Parquet, the same rows as the
+    snapshot written with the configured types, nothing quarantined."""
+    recast = {"age": pa.int8(), "tenure_months": pa.uint16(), "n_open_accounts": pa.int32(),
+              "annual_income": pa.decimal128(16, 2), "home_ownership": pa.large_string(),
+              "interaction_notes": pa.large_string(), "products_held": pa.list_(pa.large_string()),
+              "default_12m": pa.int64()}
+    reference = clean.set_column(clean.schema.get_field_index("annual_income"), "annual_income",
+                                 pc.round(clean.column("annual_income"), 2))
+    other = reference
+    for name, typ in recast.items():
+        other = other.set_column(other.schema.get_field_index(name), name, pc.cast(other.column(name), typ))
+    i = other.schema.get_field_index("employment_status")
+    other = other.set_column(i, "employment_status", other.column(i).dictionary_encode())
+    pq.write_table(other, tmp_path / "other.parquet")
+    read = pq.read_table(tmp_path / "other.parquet")
+    assert read.schema.field("employment_status").type == pa.dictionary(pa.int32(), pa.string())
+    got = split(conform(read, SCHEMA, "other.parquet", with_labels=True), SCHEMA, DATE)
+    want = conform(reference, SCHEMA, "mem", with_labels=True)
+    assert got.quarantine.num_rows == 0
+    columns = list(required_columns(SCHEMA, with_labels=True))
+    assert got.valid.select(columns).equals(want.select(columns))
 
 
 def test_duplicates_and_multiple_reasons(clean):
