@@ -94,6 +94,21 @@ def test_types_other_writers_use_read_as_the_configured_ones(clean, tmp_path):
     assert got.valid.select(columns).equals(want.select(columns))
 
 
+@pytest.mark.parametrize("typ", [pa.int64(), pa.float64()])
+def test_a_numeric_label_or_flag_other_than_0_and_1_fails_the_file(clean, typ):
+    """Arrow casts any non-zero number to true; a label coded 0/1/2 (2: indeterminate) must not
+    silently count its 2s as defaults."""
+    coded = pc.cast(pc.cast(clean.column("default_12m"), pa.int64()), typ).to_pylist()
+    coded[7] = 2
+    bad = clean.set_column(clean.schema.get_field_index("default_12m"), "default_12m", pa.array(coded, typ))
+    with pytest.raises(InputFileError, match=r"part-2.parquet: column 'default_12m' .* other than 0 and 1.* row 7 "):
+        conform(bad, SCHEMA, "part-2.parquet", with_labels=True)
+    coded[7] = None  # an unknown outcome stays allowed
+    ok = conform(clean.set_column(clean.schema.get_field_index("default_12m"), "default_12m", pa.array(coded, typ)),
+                 SCHEMA, "part-2.parquet", with_labels=True)
+    assert ok.column("default_12m")[7].as_py() is None and ok.column("default_12m")[0].as_py() in (True, False)
+
+
 def test_duplicates_and_multiple_reasons(clean):
     ids = clean.column("customer_id").to_pylist()
     ids[5] = ids[6]

@@ -75,6 +75,13 @@ def _cast_column(col: pa.ChunkedArray, typ: pa.DataType, name: str, source: str)
     """
     if pa.types.is_dictionary(col.type):
         col = pc.cast(col, col.type.value_type)
+    if pa.types.is_boolean(typ) and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        # Arrow reads any non-zero number as true: a 2 ("indeterminate") would silently become a default
+        other = pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=pa.array([0, 1], col.type))))
+        if pc.any(other).as_py():
+            row = int(np.flatnonzero(other.to_numpy(zero_copy_only=False))[0])
+            raise InputFileError(f"{source}: column {name!r} has type {col.type} and values other than 0 and 1, "
+                                 f"which cannot be read as {typ}: first at row {row} (0-based; value not shown)")
     try:
         return pc.cast(col, typ, safe=True)
     except pa.ArrowNotImplementedError:
