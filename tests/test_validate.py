@@ -8,7 +8,7 @@ import pytest
 from conftest import LOCAL_CONFIG
 from nightscore import synth
 from nightscore.config import load_config
-from nightscore.schema import required_columns
+from nightscore.schema import default_label, required_columns
 from nightscore.storage import filesystem
 from nightscore.validate import REASON, InputFileError, conform, preflight, split
 
@@ -202,3 +202,16 @@ def test_quarantine_reasons_never_quote_the_value(clean):
     reasons = split(conform(bad, SCHEMA, "mem"), SCHEMA, DATE).quarantine.column(REASON).to_pylist()
     assert len(reasons) == 1 and "employment_status" in reasons[0] and "age" in reasons[0]
     assert "SECRET-123" not in reasons[0] and "123456" not in reasons[0] and "123,456" not in reasons[0]
+
+
+@pytest.mark.parametrize("values,column,typ", [(["bad"], ["good", "bad", None, "bad"], pa.string()),
+                                              ([2], [1, 2, None, 2], pa.int64())])
+def test_a_label_coded_as_text_or_numbers_reads_through_default_values(clean, values, column, typ):
+    """`default_values` names the values that mean "defaulted": text, or a whole-number code written
+    as a number in YAML (German credit's 1 good / 2 bad); anything else is not a default, null unknown."""
+    cfg = load_config(LOCAL_CONFIG, [f"schema.labels.default_values={values}"])
+    assert cfg.schema.labels.default_values == [str(v) for v in values]
+    label = column * (clean.num_rows // 4) + column[:clean.num_rows % 4]
+    table = clean.set_column(clean.schema.get_field_index("default_12m"), "default_12m", pa.array(label, typ))
+    got = default_label(conform(table, cfg.schema, "mem", with_labels=True), cfg.schema).to_pylist()
+    assert got[:4] == [False, True, None, True]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(Exception):
@@ -54,6 +54,13 @@ class LabelSpec(Strict):
     default: str | None = None  # label: customer defaulted within the horizon (bool, or see default_values)
     default_values: list[str] | None = None  # a text label: the values that mean "defaulted", e.g. [bad]
     products: str | None = None  # list<string> label: products taken up
+
+    @field_validator("default_values", mode="before")
+    @classmethod
+    def _coded(cls, v: Any) -> Any:
+        """A label coded as whole numbers (German credit's 1 good / 2 bad): `[2]` means the text "2",
+        which is how the column reads once cast to text."""
+        return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v] if isinstance(v, list) else v
 
 
 class SchemaSpec(Strict):
