@@ -1,7 +1,7 @@
 """German credit, in one process: what averaging one fine-tuning run's weights, training on every
 row, or fitting the wide terms first would give, measured outside the product.
 
-    cd bench && python weights_probe.py [--all-rows] [--prefit L] [--seeds N] [key.path=value ...]
+    cd bench && python weights_probe.py [--all-rows] [--prefit L] [--seeds N] [--value-text] [key.path=value ...]
 
 The same folds as quality.py (5-fold stratified, seed 0), the same id-hash split, encoders,
 model, parameter groups, learning-rate schedule and loss as the training job, in a plain torch
@@ -12,7 +12,8 @@ exponential moving averages over the steps. `--all-rows` trains on all of a fold
 validation AUC is then in-sample); `--prefit L` first fits the wide terms alone to convergence
 (L-BFGS, L2 penalty L / rows, as a logistic regression is fitted) and also reports them alone;
 `--seeds N` trains N models per fold (train.seed, +1, ...; each its own batch order) and also
-reports the mean of their last-epoch logits (per-model rows then list N figures per fold).
+reports the mean of their last-epoch logits (per-model rows then list N figures per fold);
+`--value-text` starts each category's embedding from the backbone's words for the value.
 """
 import argparse
 import math
@@ -22,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from nightscore import encode
+from nightscore.encode import CATEGORY_FIRST
 from nightscore import metrics as M
 from nightscore.config import load_config
 from nightscore.model.features import to_tensors
@@ -61,13 +63,28 @@ def prefit_wide(model, rows: pa.Table, y: np.ndarray, penalty: float) -> None:
     lbfgs.step(closure)
 
 
-def fit(cfg, enc, rows: dict, ys: dict, seed: int, k: int, args, results: dict) -> dict[str, np.ndarray]:
+def value_text_init(model, enc, tok) -> None:
+    """Each category's embedding started as the backbone's mean word embedding of the value's own
+    text (as the identity starts from the label's), instead of at random."""
+    words = model.backbone.get_input_embeddings()
+    with torch.no_grad():
+        for i, vocab in enumerate(enc.categorical):
+            first = int(model.features.category_offsets[i]) + CATEGORY_FIRST
+            for j, value in enumerate(vocab.values):
+                ids = encode._tokens(tok, value)
+                if ids:
+                    model.features.categories.weight[first + j] = words(torch.tensor(ids)).mean(0)
+
+
+def fit(cfg, enc, rows: dict, ys: dict, seed: int, k: int, args, results: dict, tok) -> dict[str, np.ndarray]:
     """One model (train.seed = seed) on rows["fit"]: each weights' best-validation and last-epoch test
     AUC go into `results`; returns each weights' last-epoch test logits."""
     t = cfg.train
     torch.manual_seed(seed)
     model = build_model(cfg, 0, enc)
     model.init_priors(default_rate=float(ys["fit"].mean()), product_rates=None)
+    if args.value_text:
+        value_text_init(model, enc, tok)
     if args.prefit is not None:
         prefit_wide(model, rows["fit"], ys["fit"], args.prefit)
         with torch.no_grad():
@@ -109,6 +126,7 @@ def main() -> None:
     p.add_argument("--all-rows", action="store_true", help="train on all of a fold's rows")
     p.add_argument("--prefit", type=float, default=None, metavar="L", help="fit the wide terms first, L2 penalty L / rows")
     p.add_argument("--seeds", type=int, default=1, help="train N models per fold (train.seed + 0..N-1), also report their logits' mean")
+    p.add_argument("--value-text", action="store_true", help="start category embeddings from their values' words")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     torch.set_num_threads(2)
@@ -130,7 +148,7 @@ def main() -> None:
         ys = {name: r.column("y_default").to_numpy() for name, r in rows.items()}
         ensemble: dict[str, list[np.ndarray]] = {}
         for seed in range(t.seed, t.seed + args.seeds):
-            for name, z in fit(cfg, enc, rows, ys, seed, k, args, results).items():
+            for name, z in fit(cfg, enc, rows, ys, seed, k, args, results, tok).items():
                 ensemble.setdefault(name, []).append(z)
         if args.seeds > 1:
             for name, zs in ensemble.items():
