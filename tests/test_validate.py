@@ -95,14 +95,20 @@ def test_types_other_writers_use_read_as_the_configured_ones(clean, tmp_path):
 
 
 @pytest.mark.parametrize("typ", [pa.int64(), pa.float64()])
-def test_a_numeric_label_or_flag_other_than_0_and_1_fails_the_file(clean, typ):
+def test_a_label_coded_otherwise_than_0_1_or_true_false_fails_the_file(clean, typ):
     """Arrow casts any non-zero number to true; a label coded 0/1/2 (2: indeterminate) must not
     silently count its 2s as defaults."""
     coded = pc.cast(pc.cast(clean.column("default_12m"), pa.int64()), typ).to_pylist()
     coded[7] = 2
     bad = clean.set_column(clean.schema.get_field_index("default_12m"), "default_12m", pa.array(coded, typ))
-    with pytest.raises(InputFileError, match=r"part-2.parquet: column 'default_12m' .* other than 0 and 1.* row 7 "):
+    with pytest.raises(InputFileError, match=r"part-2.parquet: column 'default_12m' .* other than 0 and 1.* row 7 .*"
+                                             r"schema.labels.default_values"):
         conform(bad, SCHEMA, "part-2.parquet", with_labels=True)
+    yes_no = ["Y" if v else "N" for v in clean.column("default_12m").to_pylist()]
+    text = clean.set_column(clean.schema.get_field_index("default_12m"), "default_12m", pa.array(yes_no))
+    with pytest.raises(InputFileError, match=r"column 'default_12m' has type string, which cannot be read as bool: "
+                                             r"row 0 .*schema.labels.default_values"):
+        conform(text, SCHEMA, "part-2.parquet", with_labels=True)
     coded[7] = None  # an unknown outcome stays allowed
     ok = conform(clean.set_column(clean.schema.get_field_index("default_12m"), "default_12m", pa.array(coded, typ)),
                  SCHEMA, "part-2.parquet", with_labels=True)

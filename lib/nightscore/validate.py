@@ -57,7 +57,13 @@ def conform(table: pa.Table, schema: SchemaSpec, source: str, with_labels: bool 
         raise InputFileError(f"{source}: missing required column(s) {', '.join(missing)}")
     for name, typ in wanted.items():
         if table.column(name).type != typ:
-            cast = _cast_column(table.column(name), typ, name, source)
+            try:
+                cast = _cast_column(table.column(name), typ, name, source)
+            except InputFileError as err:
+                if name != schema.labels.default:
+                    raise
+                raise InputFileError(f"{err}; a label coded otherwise than true/false or 0/1 needs the values "
+                                     "that mean defaulted in schema.labels.default_values") from None
             table = table.set_column(table.schema.get_field_index(name), name, cast)
     for f in schema.features:  # pandas writes a missing float as NaN: read it as the null it means
         col = table.column(f.name)
