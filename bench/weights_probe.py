@@ -125,7 +125,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--all-rows", action="store_true", help="train on all of a fold's rows")
     p.add_argument("--prefit", type=float, default=None, metavar="L", help="fit the wide terms first, L2 penalty L / rows")
-    p.add_argument("--seeds", type=int, default=1, help="train N models per fold (train.seed + 0..N-1), also report their logits' mean")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train N models per fold (train.seed + 0..N-1), also report their logits' mean")
     p.add_argument("--value-text", action="store_true", help="start category embeddings from their values' words")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()

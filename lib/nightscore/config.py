@@ -60,7 +60,9 @@ class LabelSpec(Strict):
     def _coded(cls, v: Any) -> Any:
         """A label coded as whole numbers (German credit's 1 good / 2 bad): `[2]` means the text "2",
         which is how the column reads once cast to text."""
-        return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v] if isinstance(v, list) else v
+        if not isinstance(v, list):
+            return v
+        return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
 
 
 class SchemaSpec(Strict):
