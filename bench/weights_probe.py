@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 from nightscore import encode
-from nightscore.encode import CATEGORY_FIRST
 from nightscore import metrics as M
 from nightscore.config import load_config
+from nightscore.encode import CATEGORY_FIRST
 from nightscore.model.features import to_tensors
 from nightscore.model.store import resolve_backbone
 from nightscore.model.tokens import tokenizer_for
@@ -95,7 +95,7 @@ def fit(cfg, enc, rows: dict, ys: dict, seed: int, k: int, args, results: dict, 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(steps * t.epochs, t.warmup_fraction))
     swa = AveragedModel(model)  # updated once per epoch
     emas = {f"EMA {d}": AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(d)) for d in (0.98, 0.995)}
-    order = np.random.default_rng(k if seed == t.seed else (k, seed))
+    order = np.random.default_rng(k if seed == t.seed else (k, seed))  # train.seed's order as before --seeds
     epochs = []
     for epoch in range(1, t.epochs + 1):
         for b in np.array_split(order.permutation(len(ys["fit"])), steps):

@@ -67,6 +67,15 @@ def test_nan_in_a_nullable_numeric_is_missing_not_bad(clean):
     assert s.quarantine.num_rows == 0
     assert s.valid.column("employment_years")[7].as_py() is None
     assert s.valid.column("employment_years").null_count == bad.column("employment_years").null_count + 1
+    # an integer column with gaps, as pandas writes it: float64 with NaN; still read as whole numbers
+    months = pc.cast(clean.column("months_since_last_delinquency"), pa.float64()).to_pylist()
+    months[7] = float("nan")
+    gaps = clean.set_column(clean.schema.get_field_index("months_since_last_delinquency"),
+                            "months_since_last_delinquency", pa.array(months, pa.float64()))
+    s = split(conform(gaps, SCHEMA, "mem", with_labels=True), SCHEMA, DATE)
+    got = s.valid.column("months_since_last_delinquency")
+    assert s.quarantine.num_rows == 0 and got.type == pa.int64() and got[7].as_py() is None
+    assert got.null_count == sum(m is None or m != m for m in months)  # every null and every NaN
 
 
 def test_types_other_writers_use_read_as_the_configured_ones(clean, tmp_path):

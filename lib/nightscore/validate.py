@@ -55,21 +55,23 @@ def conform(table: pa.Table, schema: SchemaSpec, source: str, with_labels: bool 
     missing = [c for c in wanted if c not in table.column_names]
     if missing:
         raise InputFileError(f"{source}: missing required column(s) {', '.join(missing)}")
+    numeric = {f.name for f in schema.features if f.kind == "numeric"}
     for name, typ in wanted.items():
-        if table.column(name).type != typ:
+        col = original = table.column(name)
+        if name in numeric and pa.types.is_floating(col.type) and pc.any(pc.is_nan(col)).as_py():
+            # pandas writes a missing number as NaN (an integer column with gaps too, as float): the
+            # null it means, before the cast, so that an `integer: true` column still casts
+            col = pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col)
+        if col.type != typ:
             try:
-                cast = _cast_column(table.column(name), typ, name, source)
+                col = _cast_column(col, typ, name, source)
             except InputFileError as err:
                 if name != schema.labels.default:
                     raise
                 raise InputFileError(f"{err}; a label coded otherwise than true/false or 0/1 needs the values "
                                      "that mean defaulted in schema.labels.default_values") from None
-            table = table.set_column(table.schema.get_field_index(name), name, cast)
-    for f in schema.features:  # pandas writes a missing float as NaN: read it as the null it means
-        col = table.column(f.name)
-        if f.kind == "numeric" and pa.types.is_floating(col.type) and pc.any(pc.is_nan(col)).as_py():
-            table = table.set_column(table.schema.get_field_index(f.name), f.name,
-                                     pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col))
+        if col is not original:
+            table = table.set_column(table.schema.get_field_index(name), name, col)
     return table
 
 
