@@ -50,16 +50,21 @@ def s3_server():
             os.environ[k] = v
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local(s3_server):
-    """One local Ray instance for the in-process end-to-end tests (4 logical CPUs on 2 cores).
+    """A local Ray instance for one module's in-process end-to-end tests, started as the jobs
+    start one (local.yaml's 4 logical CPUs on 2 cores, no idle workers kept, no metrics export).
 
-    Started after the S3 server so its workers inherit the same AWS environment a
-    production node would have.
+    Started after the S3 server so its workers inherit the same AWS environment a production
+    node would have; shut down after the module, so an idle instance never takes CPU from the
+    later modules' jobs and clusters.
     """
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False)
+    from nightscore.cluster import init_ray
+    from nightscore.config import load_config
+
+    init_ray(load_config(LOCAL_CONFIG).ray)
     yield
     ray.shutdown()
 
@@ -120,6 +125,21 @@ def tiny_model_dir(tiny_backbone, tmp_path_factory) -> str:
 def tiny_challenger_dir(tiny_backbone, tmp_path_factory) -> str:
     """Another such model (other random weights): a challenger to tiny_model_dir."""
     return tiny_model(tiny_backbone, tmp_path_factory.mktemp("challenger"), seed=2)
+
+
+@pytest.fixture(scope="session")
+def fp32_package(tiny_model_dir, tmp_path_factory) -> Path:
+    """A cache folder holding tiny_model_dir's fp32 AOTInductor package (16 rows, its max_length),
+    built once: tests that need a built package copy it (shutil.copytree keeps its 0o700 modes)
+    rather than pay ~40 s of compilation each."""
+    from nightscore.model import store
+    from nightscore.scoring import aot
+
+    loaded = store.load(tiny_model_dir)
+    cache = tmp_path_factory.mktemp("package") / "compiled"
+    _, built = aot.compiled_forward(loaded, None, 16, loaded.config.model.max_length, str(cache))
+    assert built
+    return cache
 
 
 def tiny_model(tiny_backbone: str, root, seed: int) -> str:

@@ -138,19 +138,22 @@ def test_the_model_pointer_pins_the_manifest(s3_model, s3_bucket, tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_packages_are_private_and_a_tampered_one_is_rebuilt(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_compiled_packages_are_private_and_a_tampered_one_is_rebuilt(tiny_model_dir, fp32_package, tmp_path,
+                                                                    monkeypatch, capsys):
     """Packages are native code: they are built in this user's private cache, a package or cache
     folder others can write is refused, and a package whose file no longer matches its recorded
     sha256 is rebuilt, never loaded."""
     from nightscore.scoring import aot
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = tmp_path / "nightscore" / "compiled"
+    shutil.copytree(fp32_package, cache)  # a package this user built earlier, as built
     loaded = store.load(tiny_model_dir)
     length = loaded.config.model.max_length
-    _, built = aot.compiled_forward(loaded, None, 16, length)
-    cache = tmp_path / "nightscore" / "compiled"
     target = aot.package_dir(loaded, None, str(cache))
-    assert built and {stat.S_IMODE(os.stat(p).st_mode) for p in (cache, target)} == {0o700}
+    assert {stat.S_IMODE(os.stat(p).st_mode) for p in (cache, target)} == {0o700}
+    _, built = aot.compiled_forward(loaded, None, 16, length)
+    assert not built  # loaded, not built again
 
     target.chmod(0o770)
     with pytest.raises(store.ModelError, match=f"{target} can be written by other users"):
@@ -163,6 +166,7 @@ def test_compiled_packages_are_private_and_a_tampered_one_is_rebuilt(tiny_model_
     tampered = (target / "model.so").read_bytes()
     _, built = aot.compiled_forward(loaded, None, 16, length)
     assert built and "does not match its recorded sha256); rebuilding" in capsys.readouterr().out
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o700  # the rebuilt package, private too
     record = json.loads((target / "package.json").read_text())
     assert (target / "model.so").read_bytes() != tampered
     assert store.sha256_file(target / "model.so") == record["model.so"]

@@ -2,6 +2,7 @@
 PyTorch API, and attributions that change nothing but cost."""
 import ast
 import datetime as dt
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -457,13 +458,13 @@ def test_without_private_compile_apis_the_model_is_jit_compiled(tiny_model_dir, 
 
 
 @pytest.mark.slow
-def test_without_the_private_package_runtime_apis_scoring_falls_back(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_without_the_private_package_runtime_apis_scoring_falls_back(tiny_model_dir, fp32_package, tmp_path,
+                                                                      monkeypatch, capsys):
     """A package loaded without the runner's constant-buffer methods runs on the runtime's own
     weights; without the runner itself, a run that does not build scores eagerly. Same results."""
     loaded = store.load(tiny_model_dir)
     cache = str(tmp_path / "compiled")
-    _, built = aot.compiled_forward(loaded, None, 16, loaded.config.model.max_length, cache)
-    assert built
+    shutil.copytree(fp32_package, cache)  # the model's package, built
     ids = explainable_rows(loaded, 50, 5)
     explain = dict(explain=lambda pd: pd > np.median(pd))
     want = Predictor(store.load(tiny_model_dir), precision="fp32", micro_batch=16).predict(ids, **explain)

@@ -1,5 +1,6 @@
 """A model directory carries distributions, never customers: no row, id or PII value in any file,
-and every group in its monitoring reference at least monitoring.min_group_size strong."""
+and every group in its monitoring reference at least monitoring.min_group_size strong. (A model
+trained end to end is scanned the same way in tests/test_training.py.)"""
 import datetime as dt
 import json
 import re
@@ -16,7 +17,6 @@ from nightscore.config import load_config
 from nightscore.model import store
 from nightscore.nightly import model_reference
 from test_monitoring import reference_counts
-from test_training import cfg_for, labelled  # noqa: F401 (labelled is a fixture: the training data set)
 
 ROW_SUFFIXES = (".parquet", ".csv", ".arrow", ".feather", ".jsonl", ".avro", ".orc")
 SYNTH_ID = re.compile(rb"C\d{9}")  # synth.generate's customer_id form
@@ -50,22 +50,6 @@ def test_exported_model_directory_holds_no_customer_rows(tiny_model_dir):
     ref_rows, _ = synth.generate(600, dt.date(2026, 10, 1), 99, catalog)
     for rows in (fit_rows, ref_rows):
         assert_no_customer_rows(Path(tiny_model_dir), rows, cfg.monitoring.min_group_size)
-
-
-@pytest.mark.slow
-def test_trained_model_directory_holds_no_customer_rows(ray_local, labelled, tiny_backbone, tmp_path):
-    """A model trained end to end (as tests/test_training.py trains) carries aggregates only."""
-    from nightscore.training.trainer import train
-
-    cfg = cfg_for(tiny_backbone, "train.epochs=1")
-    out = tmp_path / "model"
-    train(cfg, labelled, None, str(out), storage_path=str(tmp_path / "runs"), run_name="privacy")
-    assert_no_customer_rows(out, pq.read_table(labelled), cfg.monitoring.min_group_size)
-    reference = json.loads((out / store.REFERENCE_FILE).read_text())
-    training = json.loads((out / "training.json").read_text())
-    assert 0 < reference["rows"] <= training["calibration_rows"] + training["valid_rows"]
-    assert set(reference["features"]) == {f.name for f in cfg.schema.features
-                                          if f.kind in ("numeric", "categorical", "boolean")}
 
 
 def test_a_model_with_raw_reference_rows_fails_with_retrain(tiny_model_dir, tmp_path):
