@@ -52,8 +52,8 @@ def s3_server():
 
 @pytest.fixture(scope="module")
 def ray_local(s3_server):
-    """A local Ray instance for one module's in-process end-to-end tests, started as the jobs
-    start one (local.yaml's 4 logical CPUs on 2 cores, no idle workers kept, no metrics export).
+    """A local Ray instance for one module's in-process end-to-end tests (4 logical CPUs on 2
+    cores, as local.yaml offers; no metrics export: nothing reads it).
 
     Started after the S3 server so its workers inherit the same AWS environment a production
     node would have; shut down after the module, so an idle instance never takes CPU from the
@@ -61,10 +61,9 @@ def ray_local(s3_server):
     """
     import ray
 
-    from nightscore.cluster import init_ray
-    from nightscore.config import load_config
-
-    init_ray(load_config(LOCAL_CONFIG).ray)
+    # idle workers are kept, as local training keeps them (cluster.init_ray): each in-process run reuses them
+    ray.init(num_cpus=4, include_dashboard=False,
+             _system_config={"enable_metrics_collection": False, "prestart_worker_first_driver": False})
     yield
     ray.shutdown()
 

@@ -29,12 +29,12 @@ def quiet_driver() -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
-def init_ray(spec: RaySpec, dashboard: bool = False) -> None:
+def init_ray(spec: RaySpec, training: bool = False) -> None:
     """`ray job submit` sets RAY_ADDRESS, so the job joins that cluster; plain `python jobs/…`
     starts a local one with `ray.num_cpus` logical CPUs (above the core count is fine: it
-    leaves Ray Data room beside the training workers). A local one runs the dashboard (on
-    127.0.0.1) only when asked: Ray Train's placement-group cleaner polls the state API it
-    serves, and scoring does without its CPU."""
+    leaves Ray Data room beside the training workers). For `training`, the local one runs the
+    dashboard (on 127.0.0.1: Ray Train's placement-group cleaner polls the state API it serves)
+    and keeps idle workers for reuse; scoring does without both."""
     import ray
     import ray.data
 
@@ -47,14 +47,17 @@ def init_ray(spec: RaySpec, dashboard: bool = False) -> None:
     if spec.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=spec.address, runtime_env=env, log_to_driver=True, logging_level=level)
     else:
-        # No idle Python workers: none prestarted (on a 2-core laptop they cost ~1.3 s of every
-        # run's start-up) and none kept once the read tasks are done (each idle one polled ~1 %
-        # of a core for the rest of a scoring run). No metrics export either: a local Ray has
-        # no Prometheus to read it, and exporting halved the dashboard agent's CPU.
-        ray.init(num_cpus=spec.num_cpus, runtime_env=env, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 logging_level=level,
-                 _system_config={"prestart_worker_first_driver": False, "num_workers_soft_limit": 0,
-                                 "enable_metrics_collection": False})
+        # No Python workers prestarted (on a 2-core laptop they cost ~1.3 s of every run's
+        # start-up), and no metrics export (a local Ray has no Prometheus to read it; exporting
+        # halved the dashboard agent's CPU). Scoring keeps no idle worker once the read tasks are
+        # done (each polled ~1 % of a core for the rest of the run); training keeps them: Ray
+        # Train's data tasks recur every epoch, and a fresh worker for each (its imports again)
+        # made a 2-epoch run on 2 cores take twice as long.
+        system = {"prestart_worker_first_driver": False, "enable_metrics_collection": False}
+        if not training:
+            system["num_workers_soft_limit"] = 0
+        ray.init(num_cpus=spec.num_cpus, runtime_env=env, include_dashboard=training, dashboard_host="127.0.0.1",
+                 logging_level=level, _system_config=system)
     ctx = ray.data.DataContext.get_current()  # travels with every dataset, to the actors that run it
     ctx.enable_progress_bars = ctx.print_on_execution_start = spec.verbose
     if not spec.verbose:  # Ray Data's per-dataset lines stay in its log file (ray-data.log), off the console

@@ -182,7 +182,7 @@ def train(cfg: Config, train_uri: str, valid_uri: str | None, out_uri: str, stor
         storage_path = str(Path(storage_path).expanduser().absolute())
     catalog = load_catalog(cfg.products.catalog, cfg.storage.s3)
     backbone_dir = store.resolve_backbone(cfg.model.backbone, cfg.storage.s3)
-    init_ray(cfg.ray, dashboard=True)  # Ray Train's placement-group cleaner asks the state API
+    init_ray(cfg.ray, training=True)
     check_shared_storage(storage_path, "--storage")  # on a cluster, every node must reach the checkpoints
     name = run_name or f"train-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
     if not storage.is_s3(storage_path):
