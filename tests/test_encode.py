@@ -77,31 +77,6 @@ def test_vocabulary_and_bins_come_from_training_rows_only(cfg, tiny_backbone):
     assert age.low == pytest.approx((ages.min() - age.mean) / age.sd)
 
 
-def test_target_aware_bins_are_a_trees_splits_against_the_default_label(tiny_backbone):
-    """model.numeric_bins_by=target: each numeric feature's edges are its range and the thresholds
-    of a decision tree (at most numeric_bins leaves) fitted on the training rows' feature against
-    their default label, as scikit-learn fits it; quantile edges otherwise."""
-    from sklearn.tree import DecisionTreeClassifier
-
-    rows, _ = synth.generate(1500, DATE, 8, PRODUCTS, labels=True)
-    overrides = [f"model.backbone={tiny_backbone}", "model.numeric_bins=8"]
-    by_target = fitted_encoders(load_config(LOCAL_CONFIG, [*overrides, "model.numeric_bins_by=target"]),
-                                tiny_backbone, rows)
-    by_quantile = fitted_encoders(load_config(LOCAL_CONFIG, overrides), tiny_backbone, rows)
-    y = rows.column("default_12m").to_numpy(zero_copy_only=False)
-    differ = 0
-    for num, quant in zip(by_target.numeric, by_quantile.numeric):
-        x = pc.cast(rows.column(num.name), pa.float64()).to_numpy(zero_copy_only=False)
-        keep = np.isfinite(x) & np.isfinite(y.astype(float))
-        z = ((x[keep] - num.mean) / num.sd).astype(np.float32)[:, None]
-        tree = DecisionTreeClassifier(max_leaf_nodes=8, min_samples_leaf=len(z) // 16, random_state=0)
-        split = tree.fit(z, y[keep].astype(int)).tree_
-        thresholds = split.threshold[split.children_left != split.children_right]
-        assert num.edges == pytest.approx(sorted([z.min(), z.max(), *thresholds]), rel=1e-5), num.name
-        differ += num.edges != quant.edges
-    assert differ == len(by_target.numeric)
-
-
 def test_unseen_values_nulls_and_out_of_range_are_encoded_and_counted(fitted, cfg, tiny_backbone):
     rows, enc = fitted
     t = rows.slice(0, 4)

